@@ -28,8 +28,7 @@ def parse_address(addr: str, strict: bool = False) -> tuple[str, str]:
     if not sep:
         if strict:
             raise ValueError(
-                "Invalid url scheme. Must include protocol like tcp://localhost:8000. "
-                f"Got {addr}"
+                f"Invalid url scheme. Must include protocol like tcp://localhost:8000. Got {addr}"
             )
         scheme = config.get("distributed.comm.default-scheme")
     return scheme, loc
@@ -137,9 +136,7 @@ def uri_from_host_port(host_arg: str | None, port_arg: str | None, default_port:
     scheme, loc = parse_address(host_arg or "")
     host, port = parse_host_port(loc, port_arg if port_arg is not None else default_port)
     if port != 0 and port_arg and port != int(port_arg):
-        raise ValueError(
-            f"port number given twice in options: host {host_arg} and port {port_arg}"
-        )
+        raise ValueError(f"port number given twice in options: host {host_arg} and port {port_arg}")
     return unparse_address(scheme, unparse_host_port(host, port))
 
 
@@ -182,9 +179,13 @@ def addresses_from_user_args(
     interface or protocol given as a list."""
     per_address = (host, port, interface, protocol)
     if not any(isinstance(arg, (tuple, list)) for arg in per_address):
-        return [address_from_user_args(host, port, interface, protocol, peer, security, default_port)]
-    columns = [arg if isinstance(arg, (tuple, list)) else itertools.repeat(arg) for arg in per_address]
+        return [
+            address_from_user_args(host, port, interface, protocol, peer, security, default_port)
+        ]
+    columns = [
+        arg if isinstance(arg, (tuple, list)) else itertools.repeat(arg) for arg in per_address
+    ]
     return [
         address_from_user_args(h, p, i, pr, peer, security, default_port)
-        for h, p, i, pr in zip(*columns)
+        for h, p, i, pr in zip(*columns, strict=False)
     ]

@@ -205,7 +205,9 @@ class Listener(ABC):
 
         return started().__await__()
 
-    async def on_connection(self, comm: Comm, handshake_overrides: dict[str, Any] | None = None) -> None:
+    async def on_connection(
+        self, comm: Comm, handshake_overrides: dict[str, Any] | None = None
+    ) -> None:
         """Run the handshake on a freshly accepted comm."""
         await _handshake(comm, handshake_overrides)
 
@@ -216,7 +218,9 @@ class BaseListener(Listener):
     def __init__(self) -> None:
         self._handshaking: set[Comm] = set()
 
-    async def on_connection(self, comm: Comm, handshake_overrides: dict[str, Any] | None = None) -> None:
+    async def on_connection(
+        self, comm: Comm, handshake_overrides: dict[str, Any] | None = None
+    ) -> None:
         self._handshaking.add(comm)
         try:
             await super().on_connection(comm, handshake_overrides)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Union
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 U64 = struct.Struct("<Q")
 

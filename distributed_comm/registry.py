@@ -24,7 +24,9 @@ class Backend(ABC):
         """A :class:`~distributed_comm.core.Connector` for this scheme."""
 
     @abstractmethod
-    def get_listener(self, loc: str, handle_comm: Any, deserialize: bool, **connection_args: Any) -> Any:
+    def get_listener(
+        self, loc: str, handle_comm: Any, deserialize: bool, **connection_args: Any
+    ) -> Any:
         """A :class:`~distributed_comm.core.Listener` for *loc*, not yet started."""
 
     @abstractmethod

@@ -18,7 +18,9 @@ class BaseTCPBackend(Backend):
     def get_connector(self) -> Any:
         return self._connector_class()
 
-    def get_listener(self, loc: str, handle_comm: Any, deserialize: bool, **connection_args: Any) -> Any:
+    def get_listener(
+        self, loc: str, handle_comm: Any, deserialize: bool, **connection_args: Any
+    ) -> Any:
         return self._listener_class(loc, handle_comm, deserialize, **connection_args)
 
     def get_address_host(self, loc: str) -> str:
