@@ -238,8 +238,10 @@ class Connector(ABC):
     """Opens comms for one scheme."""
 
     @abstractmethod
-    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
+    async def connect(self, address: str, deserialize: bool = True) -> Comm:
         """A comm to *address* (scheme removed), before the handshake.
+
+        Transports accept their own keyword arguments too (``ssl_context``...).
 
         Raises ``OSError`` when the peer is unreachable (``connect`` retries),
         ``FatalCommClosedError`` when retrying cannot help, ``ValueError`` for a
