@@ -1,0 +1,37 @@
+"""Python messages to frames and back, wire-compatible with ``distributed.protocol``.
+
+No sockets and no event loop here: transports move the frames this produces.
+numpy is imported only when a numpy object is actually (de)serialized.
+"""
+
+from ..frames import pack_frames, unpack_frames
+from .core import dumps, loads
+from .serialize import (
+    Pickled,
+    Serialize,
+    Serialized,
+    ToPickle,
+    deserialize,
+    nested_deserialize,
+    register_serialization,
+    register_serialization_family,
+    serialize,
+    to_serialize,
+)
+
+__all__ = [
+    "dumps",
+    "loads",
+    "serialize",
+    "deserialize",
+    "to_serialize",
+    "Serialize",
+    "Serialized",
+    "ToPickle",
+    "Pickled",
+    "register_serialization",
+    "register_serialization_family",
+    "pack_frames",
+    "unpack_frames",
+    "nested_deserialize",
+]

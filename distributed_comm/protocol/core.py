@@ -1,0 +1,255 @@
+"""Messages to frames and back: ``dumps`` / ``loads`` (WIRE.md section 3).
+
+``frames[0]`` is the msgpack body.  Objects marked :class:`Serialize` or
+:class:`ToPickle` (and anything msgpack cannot encode) travel out of band as a
+sub-header frame followed by their own frames; the body holds only
+``{"__Serialized__": i}`` / ``{"__Pickled__": i}``, the index of the sub-header.
+
+The common message is a small dict of plain values: it costs one
+``msgpack.packb`` and one ``msgpack.unpackb``.  The encoding hook only runs
+when plain msgpack refuses the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import logging
+from collections.abc import Iterable, Sequence
+from types import ModuleType
+from typing import Any, Literal
+
+import msgpack
+
+from .. import config
+from . import pickle
+from .compression import decompress, maybe_compress, resolve
+from .serialize import (
+    UNPACK_OPTIONS,
+    Pickled,
+    Serialize,
+    Serialized,
+    ToPickle,
+    merge_and_deserialize,
+    serialize_and_split,
+)
+
+logger = logging.getLogger(__name__)
+
+_packb = msgpack.packb
+_unpackb = msgpack.unpackb
+
+
+# --- Settings, read once -------------------------------------------------------------
+
+_settings: dict[str, Any] = {}
+
+
+def refresh_settings() -> None:
+    """Re-read the settings this module caches (call after ``config.set``)."""
+    _settings.clear()
+
+
+def _setting(name: str) -> Any:
+    if not _settings:
+        _settings["shard"] = config.parse_bytes(config.get("distributed.comm.shard"))
+        _settings["allowed-imports"] = tuple(
+            config.get("distributed.scheduler.allowed-imports", ("dask", "distributed"))
+        )
+        _allowed_modules.clear()
+    return _settings[name]
+
+
+# --- Plain msgpack extensions: set and Enum -----------------------------------------
+
+_allowed_modules: dict[str, ModuleType] = {}
+
+
+def _import_allowed(name: str) -> ModuleType:
+    """Import *name* if its top-level package is allow-listed (Enum decoding)."""
+    module = _allowed_modules.get(name)
+    if module is not None:
+        return module
+    root = name.partition(".")[0]
+    if not name.isascii() or not root or root not in _setting("allowed-imports"):
+        raise RuntimeError(
+            f"Importing {name!r} is not allowed; add it to the "
+            "distributed.scheduler.allowed-imports setting"
+        )
+    module = _allowed_modules[name] = importlib.import_module(name)
+    return module
+
+
+def _encode_plain(obj: Any) -> Any:
+    """msgpack ``default`` for sub-headers: sets and Enum members."""
+    if isinstance(obj, enum.Enum):
+        return {
+            "__Enum__": True,
+            "name": obj.name,
+            "__module__": type(obj).__module__,
+            "__name__": type(obj).__name__,
+        }
+    if isinstance(obj, set):
+        return {"__Set__": True, "as-list": list(obj)}
+    return obj
+
+
+def _decode_plain(obj: dict) -> Any:
+    """msgpack ``object_hook``: sets and Enum members, every other map as is."""
+    if "__Set__" in obj:
+        return set(obj["as-list"])
+    if "__Enum__" in obj:
+        module = _import_allowed(obj["__module__"])
+        return getattr(getattr(module, obj["__name__"]), obj["name"])
+    return obj
+
+
+# --- dumps ---------------------------------------------------------------------------
+
+_fallback_logged = False
+
+
+def _log_pickle_fallback(obj: Any) -> None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        logger.info(
+            "msgpack cannot encode %s; pickling such objects (logged once)", type(obj).__name__
+        )
+
+
+class _Encoder:
+    """One ``dumps`` call that needs out-of-band frames."""
+
+    def __init__(
+        self,
+        serializers: Sequence[str] | None,
+        on_error: Literal["message", "raise"],
+        context: dict | None,
+        frame_split_size: int | None,
+    ) -> None:
+        self.serializers = serializers
+        self.on_error = on_error
+        self.context = context
+        self.codec = resolve(context.get("compression")) if context else None
+        self.pickle_protocol = context.get("pickle-protocol") if context else None
+        self.split_size = frame_split_size or _setting("shard")
+        self.frames: list[Any] = [b""]
+
+    def _compress(self, header: dict, frames: list[Any]) -> None:
+        codecs = list(header.get("compression") or [None] * len(frames))
+        for i, codec in enumerate(codecs):
+            if codec is None:
+                codecs[i], frames[i] = maybe_compress(frames[i], self.codec)
+        header["compression"] = tuple(codecs)
+
+    def _append(self, header: dict, frames: list[Any]) -> int:
+        index = len(self.frames)
+        header = {**header, "num-sub-frames": len(frames)}
+        self.frames.append(_packb(header, use_bin_type=True, default=_encode_plain))
+        self.frames.extend(frames)
+        return index
+
+    def serialized(self, obj: Serialize | Serialized) -> dict:
+        if isinstance(obj, Serialized):
+            return {"__Serialized__": self._append(obj.header, list(obj.frames))}
+        header, frames = serialize_and_split(
+            obj, self.serializers, self.on_error, self.context, self.split_size
+        )
+        self._compress(header, frames)
+        return {"__Serialized__": self._append(header, frames)}
+
+    def pickled(self, obj: ToPickle | Pickled) -> dict:
+        if isinstance(obj, Pickled):
+            return {"__Pickled__": self._append(obj.header, list(obj.frames))}
+        frames: list[Any] = []
+        data = pickle.dumps(
+            obj.data,
+            buffer_callback=lambda buffer: frames.append(buffer.raw()),
+            protocol=self.pickle_protocol,
+        )
+        header = {"pickled-obj": data}
+        self._compress(header, frames)
+        return {"__Pickled__": self._append(header, frames)}
+
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, (Serialize, Serialized)):
+            return self.serialized(obj)
+        if isinstance(obj, (ToPickle, Pickled)):
+            return self.pickled(obj)
+        encoded = _encode_plain(obj)
+        if encoded is not obj:
+            return encoded
+        _log_pickle_fallback(obj)
+        return self.pickled(ToPickle(obj))
+
+    def encode(self, msg: Any) -> list[Any]:
+        self.frames[0] = _packb(msg, use_bin_type=True, default=self.default)
+        return self.frames
+
+
+def dumps(
+    msg: Any,
+    serializers: Sequence[str] | None = None,
+    on_error: Literal["message", "raise"] = "message",
+    context: dict | None = None,
+    frame_split_size: int | None = None,
+) -> list[Any]:
+    """Frames for *msg*: the msgpack body, then each out-of-band object's frames.
+
+    *context* is what the comm negotiated (``"compression"``, ``"pickle-protocol"``,
+    plus ``"sender"``/``"recipient"`` info); frames are compressed only when it
+    names a codec.  Large frames are cut at *frame_split_size* (default: the
+    ``distributed.comm.shard`` setting).
+    """
+    try:
+        return [_packb(msg, use_bin_type=True)]
+    except TypeError:
+        pass  # something needs the hook: Serialize, ToPickle, set, Enum, ...
+    return _Encoder(serializers, on_error, context, frame_split_size).encode(msg)
+
+
+# --- loads ---------------------------------------------------------------------------
+
+
+def _sub_frames(frames: Sequence[Any], index: int) -> tuple[dict, list[Any]]:
+    header = _unpackb(frames[index], object_hook=_decode_plain, **UNPACK_OPTIONS)
+    count = header.get("num-sub-frames", 0)
+    if index + count >= len(frames) + (count == 0):
+        raise ValueError(
+            f"sub-header at frame {index} needs {count} frames but only "
+            f"{len(frames) - index - 1} follow"
+        )
+    return header, list(frames[index + 1 : index + 1 + count])
+
+
+def loads(
+    frames: Sequence[Any], deserialize: bool = True, deserializers: Iterable[str] | None = None
+) -> Any:
+    """The message encoded in *frames* by :func:`dumps` (ours or distributed's).
+
+    Lists come back as tuples.  With ``deserialize=False`` out-of-band objects
+    stay :class:`Serialized` so they can be forwarded untouched; pickled ones
+    (``ToPickle``) are always unpickled.
+    """
+    if len(frames) == 1:
+        return _unpackb(frames[0], object_hook=_decode_plain, **UNPACK_OPTIONS)
+
+    def decode(obj: dict) -> Any:
+        index = obj.get("__Serialized__", 0)
+        if index > 0:
+            header, sub_frames = _sub_frames(frames, index)
+            if not deserialize:
+                return Serialized(header, sub_frames)
+            if "compression" in header:
+                sub_frames = decompress(header["compression"], sub_frames)
+            return merge_and_deserialize(header, sub_frames, deserializers)
+        index = obj.get("__Pickled__", 0)
+        if index > 0:
+            header, sub_frames = _sub_frames(frames, index)
+            if "compression" in header:
+                sub_frames = decompress(header["compression"], sub_frames)
+            return pickle.loads(header["pickled-obj"], buffers=sub_frames)
+        return _decode_plain(obj)
+
+    return _unpackb(frames[0], object_hook=decode, **UNPACK_OPTIONS)

@@ -1,0 +1,94 @@
+"""Buffer helpers: cut large frames into shards and glue them back without copying.
+
+Frames are cut so that no single buffer handed to a compressor or a socket is
+huge; the reader glues the shards back.  When the shards are consecutive views
+of one buffer (the common case when a whole message was read in one go) the
+glued frame is a view of that buffer, so arrays built on it cost no copy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from pickle import PickleBuffer
+from typing import Any
+
+from ..frames import Buffer, nbytes
+
+
+def byte_view(frame: Any) -> memoryview:
+    """A flat unsigned-byte view of *frame*; copies only if it is not contiguous."""
+    view = frame if isinstance(frame, memoryview) else memoryview(frame)
+    if view.ndim == 1 and view.format == "B":
+        return view
+    if not view.contiguous:
+        return memoryview(view.tobytes(order="A"))
+    # ``cast`` refuses Fortran-ordered views; a PickleBuffer's raw view does not.
+    return PickleBuffer(view).raw()
+
+
+def split_frame(frame: Buffer, size: int) -> list[Buffer]:
+    """*frame* as consecutive views of at most *size* bytes each."""
+    total = nbytes(frame)
+    if total <= size:
+        return [frame]
+    view = byte_view(frame)
+    return [view[start : start + size] for start in range(0, total, size)]
+
+
+def host_buffer(size: int) -> memoryview:
+    """A writeable buffer of *size* bytes; with numpy it skips the zero-fill."""
+    try:
+        import numpy
+    except ImportError:
+        return memoryview(bytearray(size))
+    return numpy.empty(size, dtype="u1").data
+
+
+def _address(view: memoryview) -> int:
+    """Address of the first byte of a non-empty view."""
+    if not view.readonly:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    import numpy  # ctypes cannot see into read-only buffers; numpy can
+
+    return numpy.frombuffer(view, dtype="u1").ctypes.data
+
+
+def _adjacent_span(views: list[memoryview]) -> memoryview | None:
+    """One view covering *views* if they lie back to back in one buffer, else None."""
+    owner = views[0].obj
+    if any(view.obj is not owner for view in views):
+        return None
+    try:
+        start = position = _address(views[0])
+        for view in views:
+            if _address(view) != position:
+                return None
+            position += view.nbytes
+        base = byte_view(owner)
+        offset = start - _address(base)
+    except (ImportError, TypeError, ValueError):
+        return None
+    if offset < 0 or offset + (position - start) > base.nbytes:
+        return None
+    return base[offset : offset + (position - start)]
+
+
+def merge_frames(frames: Sequence[Buffer]) -> Buffer:
+    """Join the shards of one frame: a view when they are adjacent, else one copy."""
+    if len(frames) == 1:
+        return frames[0]
+    views = [byte_view(frame) for frame in frames if nbytes(frame)]
+    if not views:
+        return b""
+    if len(views) == 1:
+        return views[0]
+    span = _adjacent_span(views)
+    if span is not None:
+        return span
+    out = host_buffer(sum(view.nbytes for view in views))
+    position = 0
+    for view in views:
+        out[position : position + view.nbytes] = view
+        position += view.nbytes
+    return out
