@@ -6,7 +6,7 @@ import pytest
 
 from distributed_comm import config
 
-dask = pytest.importorskip("dask")
+pytest.importorskip("distributed")
 import dask.config  # noqa: E402
 import dask.utils  # noqa: E402
 import distributed  # noqa: E402, F401  (loads distributed's defaults into dask.config)

@@ -95,7 +95,8 @@ HANDSHAKES = [
     ({"pickle-protocol": 5, "compression": "lz4"}, {"pickle-protocol": 5, "compression": "lz4"}),
     ({"pickle-protocol": 5, "compression": "lz4"}, {"pickle-protocol": 5, "compression": "zstd"}),
     ({"pickle-protocol": 5, "compression": None}, {"compression": None}),
-    ({"pickle-protocol": 3, "compression": "zlib", "extra": 1}, {"pickle-protocol": 5, "compression": "zlib"}),
+    ({"pickle-protocol": 3, "compression": "zlib", "x": 1},
+     {"pickle-protocol": 5, "compression": "zlib"}),
 ]  # fmt: skip
 
 
