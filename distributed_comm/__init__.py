@@ -5,6 +5,7 @@ A drop-in for ``distributed.comm``: ``import distributed_comm as comm``.
 
 from __future__ import annotations
 
+from distributed_comm import inproc as _inproc  # noqa: F401  (registers inproc://)
 from distributed_comm import tcp as _tcp  # noqa: F401  (registers tcp:// and tls://)
 from distributed_comm.addressing import (
     address_from_user_args,
