@@ -11,6 +11,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+import psutil
+
+from distributed_comm import config
+
+try:
+    import numpy as _numpy
+except ImportError:  # pragma: no cover - numpy is optional
+    _numpy = None
+
 Buffer = bytes | bytearray | memoryview
 
 U64 = struct.Struct("<Q")
@@ -67,3 +76,160 @@ def unpack_frames(
     if remainder:
         frames.append(view[start:])
     return (frames, []) if partial else frames
+
+
+# ---------------------------------------------------------------------------
+# Messages on a stream: ``[u64 H] [prelude] [frames...]`` (WIRE.md section 1)
+# ---------------------------------------------------------------------------
+
+#: The largest single send/recv: the ssl and socket layers take a C ``int``.
+C_INT_MAX = 2**31 - 1
+
+#: Messages smaller than this travel as one joined buffer (one copy is cheaper
+#: than handing the stream several small pieces).
+SMALL_MESSAGE = 2**17
+#: ...and so do fragmented ones: under this total with a mean frame under
+#: :data:`SMALL_FRAME`.
+FRAGMENTED_MESSAGE = 2**25
+SMALL_FRAME = 2**15
+#: Leading frames up to this size are read together with the prelude; larger
+#: ones get a buffer of their own so their memory can be freed independently.
+HEAD_FRAME_MAX = 2**16
+
+
+def head_count(lengths: Sequence[int]) -> int:
+    """How many leading frames travel in the head region (the K of WIRE.md).
+
+    Small frames (headers, pickled bytes) are read in the same call as the
+    prelude; the first large frame and everything after it are read into
+    buffers of their own.
+    """
+    for index, length in enumerate(lengths):
+        if length > HEAD_FRAME_MAX:
+            return index
+    return len(lengths)
+
+
+def encode(frames: Sequence[Buffer]) -> tuple[list[Buffer], int]:
+    """The buffers to hand to the stream for one message, and their total size.
+
+    Small or fragmented messages become one joined ``bytes``; otherwise the
+    result is ``[header, *frames]`` with every frame passed through untouched
+    (as a byte-cast view, cut at :data:`C_INT_MAX`), so large payloads are
+    never copied.
+    """
+    lengths = [nbytes(frame) for frame in frames]
+    count = len(lengths)
+    k = head_count(lengths)
+    head = U64.size * (count + 1) + sum(lengths[:k])
+    header = struct.pack(f"<{count + 2}Q", head, count, *lengths)
+    total = len(header) + sum(lengths)
+    if total < SMALL_MESSAGE or (total < FRAGMENTED_MESSAGE and total // (count + 1) < SMALL_FRAME):
+        return [b"".join([header, *frames])], total
+    parts: list[Buffer] = [header]
+    for frame, length in zip(frames, lengths, strict=True):
+        if length > C_INT_MAX:
+            parts.extend(chunks(memoryview(frame).cast("B")))
+        elif length:
+            parts.append(frame if isinstance(frame, bytes) else memoryview(frame).cast("B"))
+    return parts, total
+
+
+def chunks(view: memoryview, size: int = C_INT_MAX) -> list[memoryview]:
+    """*view* cut into slices of at most *size* bytes (one per send/recv call)."""
+    total = view.nbytes
+    if total <= size:
+        return [view]
+    return [view[start : start + size] for start in range(0, total, size)]
+
+
+class Limits:
+    """The largest message a reader accepts, checked before any allocation.
+
+    A peer that announces more (by mistake or malice) is refused instead of
+    making this process allocate memory it never gets data for.
+    """
+
+    __slots__ = ("max_frames", "max_message_size")
+
+    def __init__(self, max_frames: int, max_message_size: int) -> None:
+        if max_frames < 0 or max_message_size < 0:
+            raise ValueError(
+                f"limits must be >= 0, got max_frames={max_frames}, "
+                f"max_message_size={max_message_size}"
+            )
+        self.max_frames = max_frames
+        self.max_message_size = max_message_size
+
+    @classmethod
+    def from_config(cls) -> Limits:
+        """``distributed.comm.max-frames`` and ``max-message-size`` ("auto" = RAM / 4)."""
+        size = config.get("distributed.comm.max-message-size")
+        if size == "auto":
+            size = psutil.virtual_memory().total // 4
+        return cls(int(config.get("distributed.comm.max-frames")), config.parse_bytes(size))
+
+    def __repr__(self) -> str:
+        return f"Limits(max_frames={self.max_frames}, max_message_size={self.max_message_size})"
+
+    def check_head_size(self, head: int) -> None:
+        """Refuse a head region (``H``) larger than any acceptable message."""
+        largest = U64.size * (self.max_frames + 1) + self.max_message_size
+        if head < U64.size or head > largest:
+            raise ValueError(
+                f"message head of {head} bytes is outside 8..{largest} "
+                "(distributed.comm.max-frames / max-message-size); "
+                "not a distributed_comm peer, or a corrupted stream"
+            )
+
+    def split_head(self, head: memoryview) -> tuple[list[memoryview], list[int]]:
+        """Parse a head region: zero-copy views of its K frames, and the
+        lengths of the frames still to be read. Every count and length is
+        checked against the limits before the caller allocates for them.
+        """
+        total = head.nbytes
+        (count,) = U64.unpack_from(head)
+        if count > self.max_frames:
+            raise ValueError(
+                f"message declares {count} frames; the limit is {self.max_frames} "
+                "(distributed.comm.max-frames)"
+            )
+        start = U64.size * (count + 1)
+        if start > total:
+            raise ValueError(
+                f"message head of {total} bytes cannot hold the prelude of {count} frames"
+            )
+        lengths = struct.unpack_from(f"<{count}Q", head, U64.size)
+        size = sum(lengths)
+        if size > self.max_message_size:
+            raise ValueError(
+                f"message declares {size} bytes; the limit is {self.max_message_size} "
+                "(distributed.comm.max-message-size)"
+            )
+        frames: list[memoryview] = []
+        for index, length in enumerate(lengths):
+            if start == total:
+                return frames, list(lengths[index:])
+            end = start + length
+            if end > total:
+                raise ValueError(
+                    f"message head of {total} bytes ends inside frame {index}; "
+                    "a head must hold whole frames"
+                )
+            frames.append(head[start:end])
+            start = end
+        if start != total:
+            raise ValueError(f"message head has {total - start} bytes after its last frame")
+        return frames, []
+
+
+def empty_buffer(size: int) -> memoryview:
+    """A fresh, writeable, uninitialised buffer of *size* bytes that owns its memory.
+
+    numpy's ``empty`` skips the zero-fill ``bytearray`` would do, which
+    matters when the next step overwrites every byte from the socket anyway;
+    small buffers are plain ``bytearray`` (cheaper to make, nothing to skip).
+    """
+    if _numpy is not None and size > SMALL_FRAME:
+        return memoryview(_numpy.empty(size, "u1"))
+    return memoryview(bytearray(size))

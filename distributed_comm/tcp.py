@@ -1,12 +1,567 @@
-"""TCP and TLS transports on Tornado ``TCPServer`` / ``TCPClient`` / ``IOStream``."""
+"""TCP and TLS transports on Tornado ``TCPServer`` / ``TCPClient`` / ``IOStream``.
+
+:class:`TCP` is a message comm over any Tornado ``IOStream``: it moves frames
+as WIRE.md section 1 lays them out (see :mod:`distributed_comm.frames`) and
+leaves message <-> frames to its codec (:mod:`distributed_comm.codec`), so
+other stream transports and other codecs reuse it unchanged.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextvars
+import errno
+import functools
+import inspect
+import logging
+import socket
+import ssl
+import sys
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
 
+from tornado import netutil
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
+from tornado.tcpserver import TCPServer
+
+from distributed_comm import config, frames
 from distributed_comm.addressing import parse_host_port, unparse_host_port
+from distributed_comm.codec import Codec, default_codec, rough_nbytes
+from distributed_comm.core import (
+    BaseListener,
+    Comm,
+    CommClosedError,
+    Connector,
+    FatalCommClosedError,
+)
 from distributed_comm.registry import Backend, backends
-from distributed_comm.utils import ensure_ip, get_ip
+from distributed_comm.utils import (
+    ensure_concrete_host,
+    ensure_ip,
+    get_ip,
+    get_tcp_server_address,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TCP", "TLS", "TCPConnector", "TLSConnector", "TCPListener", "TLSListener"]
+
+#: Tornado refuses to buffer more than ``max_buffer_size``; reads of a user
+#: buffer count against it too, and we read at most one chunk at a time.
+_MAX_BUFFER_SIZE = frames.C_INT_MAX + 1
+
+_INET = (socket.AF_INET, socket.AF_INET6)
+_KEEPALIVE_PROBES = 10
+
+_offload_executor: ThreadPoolExecutor | None = None
+
+
+def offload(func: Callable[[], Any]) -> asyncio.Future:
+    """Run *func* on the one background thread shared by every comm.
+
+    One thread keeps large (de)serializations in order and off the event
+    loop without competing with each other for the GIL.
+    """
+    global _offload_executor
+    if _offload_executor is None:
+        _offload_executor = ThreadPoolExecutor(1, thread_name_prefix="distributed_comm-offload")
+    context = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(_offload_executor, context.run, func)
+
+
+def set_tcp_timeout(sock: socket.socket, timeout: float) -> None:
+    """Make the kernel notice a dead peer within about *timeout* seconds.
+
+    Keepalive starts probing an idle connection after a quarter of the time
+    and gives up after ten unanswered probes; ``TCP_USER_TIMEOUT`` (Linux)
+    bounds how long sent data may stay unacknowledged.
+    """
+    seconds = int(timeout)
+    if seconds <= 0:
+        return
+    idle = max(1, seconds // 4)
+    interval = max(1, (seconds - idle) // _KEEPALIVE_PROBES)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES)
+        if sys.platform.startswith("linux"):
+            user_timeout = getattr(socket, "TCP_USER_TIMEOUT", 18)
+            sock.setsockopt(socket.IPPROTO_TCP, user_timeout, seconds * 1000)
+    except OSError:
+        logger.exception("could not set the TCP timeout on %r", sock)
+
+
+def _closed_error(where: object, exc: BaseException) -> CommClosedError:
+    """The ``CommClosedError`` for a stream failure in *where* (a comm or connector)."""
+    cause = getattr(exc, "real_error", None) or exc
+    if isinstance(cause, ssl.SSLError) and "UNKNOWN_CA" in (cause.reason or ""):
+        return FatalCommClosedError(f"in {where}: TLS peer does not trust us: {cause}")
+    return CommClosedError(f"in {where}: {type(cause).__name__}: {cause}")
+
+
+def _mark_closed(ref: weakref.ref) -> None:
+    comm = ref()
+    if comm is not None:
+        comm._closed = True
+
+
+def _close_dangling(stream: IOStream, description: str) -> None:
+    if not stream.closed():
+        logger.warning("closing dangling stream in %s", description)
+        stream.close()
+
+
+def _enqueue(stream: IOStream, parts: list, total: int) -> None:
+    """Queue every part of one message and let the stream flush once.
+
+    Tornado has no public multi-buffer write; appending to its write buffer
+    and then writing nothing runs its flush loop a single time, and the
+    buffer keeps references to (not copies of) the large parts.
+    """
+    if len(parts) == 1:
+        stream.write(parts[0])
+        return
+    buffer = stream._write_buffer
+    if buffer is None or stream.closed():
+        raise StreamClosedError()
+    for part in parts:
+        buffer.append(part)
+    stream._total_write_index += total
+    stream.write(b"")
+
+
+async def _fill(stream: IOStream, buffer: memoryview) -> None:
+    """Read exactly ``len(buffer)`` bytes into *buffer*, one call per chunk."""
+    for chunk in frames.chunks(buffer):
+        await stream.read_into(chunk)
+
+
+class TCP(Comm):
+    """A comm over a Tornado ``IOStream``, moving frames made by a codec.
+
+    Settings are copied when the comm is made; reading and writing a small
+    message does no lookups, no size walks and no thread hops.
+    """
+
+    stream: IOStream | None
+    max_shard_size: int
+
+    def __init__(
+        self,
+        stream: IOStream,
+        local_addr: str,
+        peer_addr: str,
+        deserialize: bool = True,
+        codec: Codec | None = None,
+    ):
+        self._closed = False
+        super().__init__(deserialize=deserialize)
+        self._local_addr = local_addr
+        self._peer_addr = peer_addr
+        self.stream = stream
+        self.codec = codec if codec is not None else default_codec()
+        self.max_shard_size = config.parse_bytes(config.get("distributed.comm.shard"))
+        self._offload_threshold = config.parse_bytes(config.get("distributed.comm.offload") or 0)
+        self._limits = frames.Limits.from_config()
+        self._extra: dict = {}
+        self._finalizer = weakref.finalize(self, _close_dangling, stream, repr(self))
+        self._finalizer.atexit = False
+        stream.set_close_callback(functools.partial(_mark_closed, weakref.ref(self)))
+        if stream.socket is not None and stream.socket.family in _INET:
+            stream.set_nodelay(True)
+            timeout = config.parse_timedelta(config.get("distributed.comm.timeouts.tcp"))
+            set_tcp_timeout(stream.socket, timeout or 0)
+        self._read_extra()
+
+    def _read_extra(self) -> None:
+        """Collect transport facts for :attr:`extra_info` (TLS adds its own)."""
+
+    @property
+    def local_address(self) -> str:
+        return self._local_addr
+
+    @property
+    def peer_address(self) -> str:
+        return self._peer_addr
+
+    @property
+    def extra_info(self) -> dict:
+        return self._extra
+
+    def closed(self) -> bool:
+        return self._closed
+
+    def _stream_or_raise(self) -> IOStream:
+        stream = self.stream
+        if stream is None:
+            raise CommClosedError(f"{self!r} is closed")
+        return stream
+
+    def _lost(self, exc: BaseException) -> CommClosedError:
+        """Forget a stream that failed under us; the error to raise names the peer."""
+        self.abort()
+        return _closed_error(self, exc)
+
+    async def read(self, deserializers=None) -> Any:
+        stream = self._stream_or_raise()
+        try:
+            msg_frames, size = await self._read_frames(stream)
+        except (StreamClosedError, OSError) as exc:
+            raise self._lost(exc) from exc
+        except ValueError as exc:  # the peer broke the limits or the framing
+            self.abort()
+            raise CommClosedError(f"in {self!r}: {exc}") from exc
+        except BaseException:
+            # Interrupted mid-message: where the next message starts is unknown.
+            self.abort()
+            raise
+        loads = functools.partial(
+            self.codec.loads,
+            msg_frames,
+            deserialize=self.deserialize,
+            deserializers=deserializers,
+        )
+        try:
+            if self.allow_offload and self.deserialize and size > self._offload_threshold > 0:
+                return await offload(loads)
+            return loads()
+        except EOFError as exc:
+            self.abort()
+            raise CommClosedError(f"in {self!r}: truncated message") from exc
+
+    async def _read_frames(self, stream: IOStream) -> tuple[list, int]:
+        """One message's frames and their total size, allocating only what the limits allow."""
+        (head_size,) = frames.U64.unpack(await stream.read_bytes(frames.U64.size))
+        self._limits.check_head_size(head_size)
+        head = frames.empty_buffer(head_size)
+        await _fill(stream, head)
+        msg_frames, missing = self._limits.split_head(head)
+        size = head_size
+        for length in missing:
+            buffer = frames.empty_buffer(length)
+            if length:
+                await _fill(stream, buffer)
+            msg_frames.append(buffer)
+            size += length
+        return msg_frames, size
+
+    async def write(self, msg: Any, serializers=None, on_error="message") -> int:
+        self._stream_or_raise()
+        dumps = functools.partial(
+            self.codec.dumps,
+            msg,
+            serializers=serializers,
+            on_error=on_error,
+            context={
+                "sender": self.local_info,
+                "recipient": self.remote_info,
+                **self.handshake_options,
+            },
+            frame_split_size=self.max_shard_size,
+        )
+        if (
+            self.allow_offload
+            and self._offload_threshold > 0
+            and rough_nbytes(msg) > self._offload_threshold
+        ):
+            msg_frames = await offload(dumps)
+        else:
+            msg_frames = dumps()
+        parts, total = frames.encode(msg_frames)
+        stream = self._stream_or_raise()
+        try:
+            _enqueue(stream, parts, total)
+        except StreamClosedError as exc:
+            raise self._lost(exc) from exc
+        except BaseException:
+            # Some of the message may be queued: the stream can't carry another.
+            self.abort()
+            raise
+        return total
+
+    async def close(self) -> None:
+        """Flush pending writes, shut the socket down, close."""
+        stream, self.stream = self.stream, None
+        self._closed = True
+        if stream is None or stream.closed():
+            return
+        try:
+            if stream.writing():
+                await stream.write(b"")
+            stream.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, StreamClosedError):
+            pass
+        finally:
+            self._finalizer.detach()
+            stream.close()
+
+    def abort(self) -> None:
+        stream, self.stream = self.stream, None
+        self._closed = True
+        if stream is not None and not stream.closed():
+            self._finalizer.detach()
+            stream.close()
+
+
+class TLS(TCP):
+    """A :class:`TCP` comm over TLS; ``extra_info`` has ``peercert`` and ``cipher``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Some TLS stacks refuse records over a C int.
+        self.max_shard_size = min(self.max_shard_size, frames.C_INT_MAX)
+
+    def _read_extra(self) -> None:
+        sock = self.stream.socket
+        if sock is not None:
+            self._extra.update(peercert=sock.getpeercert(), cipher=sock.cipher())
+
+
+def _expect_tls_context(connection_args: dict) -> ssl.SSLContext:
+    context = connection_args.get("ssl_context")
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError(
+            "TLS expects a `ssl_context` argument of type ssl.SSLContext "
+            f"(perhaps check your TLS configuration?); got {context!r}"
+        )
+    return context
+
+
+class _RequireEncryption:
+    prefix: ClassVar[str]
+    encrypted: ClassVar[bool]
+
+    def _check_encryption(self, address: str, connection_args: dict) -> None:
+        if not self.encrypted and connection_args.get("require_encryption"):
+            raise RuntimeError(
+                "encryption required by Dask configuration, "
+                f"refusing communication from/to {self.prefix + address!r}"
+            )
+
+
+class _NumericFirstResolver(netutil.Resolver):
+    """Resolve IP literals inline; only real host names go to a thread."""
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        try:
+            infos = socket.getaddrinfo(
+                host,
+                port,
+                family,
+                socket.SOCK_STREAM,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_NONAME:
+                raise
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, family=family, type=socket.SOCK_STREAM
+            )
+        return [(fam, addr) for fam, _, _, _, addr in infos]
+
+
+class TCPConnector(Connector, _RequireEncryption):
+    """Opens :class:`TCP` comms."""
+
+    prefix: ClassVar[str] = "tcp://"
+    comm_class: ClassVar[type[TCP]] = TCP
+    encrypted: ClassVar[bool] = False
+    #: The codec given to new comms (``None``: :mod:`distributed_comm.protocol`).
+    codec: ClassVar[Codec | None] = None
+    client: ClassVar[TCPClient] = TCPClient(resolver=_NumericFirstResolver())
+
+    def _connect_args(self, connection_args: dict) -> dict:
+        return {}
+
+    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> TCP:
+        self._check_encryption(address, connection_args)
+        host, port = parse_host_port(address)
+        tls_args = self._connect_args(connection_args)
+        try:
+            if "server_hostname" in tls_args:
+                # Tornado's TCPClient would use the address as SNI name.
+                stream = await self.client.connect(host, port, max_buffer_size=_MAX_BUFFER_SIZE)
+                stream = await stream.start_tls(False, **tls_args)
+            else:
+                stream = await self.client.connect(
+                    host, port, max_buffer_size=_MAX_BUFFER_SIZE, **tls_args
+                )
+            if stream.closed():
+                raise StreamClosedError(stream.error)
+            local_address = self.prefix + unparse_host_port(*stream.socket.getsockname()[:2])
+        except ssl.SSLCertVerificationError as exc:
+            raise FatalCommClosedError(
+                f"TLS certificate of {self.prefix + address} is not trusted or does not "
+                f"match: {exc.verify_message}. Check your security settings."
+            ) from exc
+        except ssl.SSLError as exc:
+            raise FatalCommClosedError(
+                f"TLS negotiation with {self.prefix + address} failed: {exc}"
+            ) from exc
+        except StreamClosedError as exc:
+            raise _closed_error(self.prefix + address, exc) from exc
+        return self.comm_class(
+            stream, local_address, self.prefix + address, deserialize, codec=self.codec
+        )
+
+
+class TLSConnector(TCPConnector):
+    """Opens :class:`TLS` comms; needs ``ssl_context=``, takes ``server_hostname=``."""
+
+    prefix = "tls://"
+    comm_class = TLS
+    encrypted = True
+
+    def _connect_args(self, connection_args: dict) -> dict:
+        args: dict[str, Any] = {"ssl_options": _expect_tls_context(connection_args)}
+        if connection_args.get("server_hostname"):
+            args["server_hostname"] = connection_args["server_hostname"]
+        return args
+
+
+def _bind_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for *host*; an ephemeral port that collides is retried.
+
+    Binding IPv4 and IPv6 to the same ephemeral port can race with another
+    process taking the port in between.
+    """
+    for _ in range(4 if port == 0 else 0):
+        try:
+            return netutil.bind_sockets(port, address=host or None, backlog=backlog)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    return netutil.bind_sockets(port, address=host or None, backlog=backlog)
+
+
+class TCPListener(BaseListener, _RequireEncryption):
+    """Accepts :class:`TCP` comms and hands each, handshaken, to ``comm_handler``."""
+
+    prefix: ClassVar[str] = "tcp://"
+    comm_class: ClassVar[type[TCP]] = TCP
+    encrypted: ClassVar[bool] = False
+    codec: ClassVar[Codec | None] = None
+
+    def __init__(
+        self,
+        address: str,
+        comm_handler: Callable[[Comm], Any],
+        deserialize: bool = True,
+        allow_offload: bool = True,
+        default_host: str | None = None,
+        default_port: int = 0,
+        **connection_args: Any,
+    ):
+        super().__init__()
+        self._check_encryption(address, connection_args)
+        self.ip, self.port = parse_host_port(address, default_port)
+        self.comm_handler = comm_handler
+        self.deserialize = deserialize
+        self.allow_offload = allow_offload
+        self.default_host = default_host
+        self.server_args = self._server_args(connection_args)
+        self.tcp_server: TCPServer | None = None
+        self.bound_address: tuple | None = None
+        self._negotiating: set[IOStream] = set()
+
+    def _server_args(self, connection_args: dict) -> dict:
+        return {}
+
+    async def start(self) -> None:
+        server = TCPServer(max_buffer_size=_MAX_BUFFER_SIZE, **self.server_args)
+        server.handle_stream = self._handle_stream
+        backlog = int(config.get("distributed.comm.socket-backlog"))
+        server.add_sockets(_bind_sockets(self.ip, self.port, backlog))
+        self.tcp_server = server
+        self.bound_address = get_tcp_server_address(server)
+
+    def stop(self) -> None:
+        """Stop accepting and abort comms still negotiating; established ones live on."""
+        server, self.tcp_server = self.tcp_server, None
+        if server is not None:
+            server.stop()
+        self.abort_handshaking_comms()
+        streams, self._negotiating = self._negotiating, set()
+        for stream in streams:
+            stream.close()
+
+    async def _prepare_stream(self, stream: IOStream, peer: str) -> bool:
+        """Whether the stream is ready for the comm handshake (TLS negotiates here)."""
+        return True
+
+    async def _handle_stream(self, stream: IOStream, address: tuple) -> None:
+        peer = self.prefix + unparse_host_port(*address[:2])
+        if not await self._prepare_stream(stream, peer):
+            return
+        if self.tcp_server is None or stream.closed():
+            # stopped while negotiating: nobody would ever finish this handshake
+            stream.close()
+            return
+        local = self.prefix + unparse_host_port(*stream.socket.getsockname()[:2])
+        comm = self.comm_class(stream, local, peer, self.deserialize, codec=self.codec)
+        comm.allow_offload = self.allow_offload
+        try:
+            await self.on_connection(comm)
+        except Exception as exc:
+            logger.info("dropped connection from %s before its handshake completed: %s", peer, exc)
+            comm.abort()
+            return
+        logger.debug("incoming connection from %r to %r", peer, self.contact_address)
+        result = self.comm_handler(comm)
+        if inspect.isawaitable(result):
+            await result
+
+    def get_host_port(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        if self.bound_address is None:
+            raise ValueError(f"invalid operation on non-started {type(self).__name__}")
+        return self.bound_address[:2]
+
+    @property
+    def listen_address(self) -> str:
+        return self.prefix + unparse_host_port(*self.get_host_port())
+
+    @property
+    def contact_address(self) -> str:
+        host, port = self.get_host_port()
+        host = ensure_concrete_host(host, default_host=self.default_host)
+        return self.prefix + unparse_host_port(host, port)
+
+
+class TLSListener(TCPListener):
+    """Accepts :class:`TLS` comms; a peer failing TLS negotiation is logged and dropped."""
+
+    prefix = "tls://"
+    comm_class = TLS
+    encrypted = True
+
+    def _server_args(self, connection_args: dict) -> dict:
+        return {"ssl_options": _expect_tls_context(connection_args)}
+
+    async def _prepare_stream(self, stream: IOStream, peer: str) -> bool:
+        self._negotiating.add(stream)
+        try:
+            await stream.wait_for_handshake()
+        except (OSError, StreamClosedError) as exc:
+            logger.warning(
+                "listener on %r: TLS handshake with %r failed: %s",
+                self.listen_address if self.bound_address else self.prefix,
+                peer,
+                getattr(exc, "real_error", None) or exc,
+            )
+            stream.close()
+            return False
+        finally:
+            self._negotiating.discard(stream)
+        return True
 
 
 class BaseTCPBackend(Backend):
@@ -39,11 +594,13 @@ class BaseTCPBackend(Backend):
 
 
 class TCPBackend(BaseTCPBackend):
-    pass
+    _connector_class = TCPConnector
+    _listener_class = TCPListener
 
 
 class TLSBackend(BaseTCPBackend):
-    pass
+    _connector_class = TLSConnector
+    _listener_class = TLSListener
 
 
 backends["tcp"] = TCPBackend()
