@@ -155,6 +155,8 @@ def _lookup(typ: type) -> tuple[Serializer, Deserializer, bool] | None:
 
 
 def _typename(typ: type) -> str:
+    if typ.__module__ in (None, "builtins"):
+        return typ.__name__
     return f"{typ.__module__}.{typ.__qualname__}"
 
 

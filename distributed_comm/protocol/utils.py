@@ -54,18 +54,29 @@ def _address(view: memoryview) -> int:
     return numpy.frombuffer(view, dtype="u1").ctypes.data
 
 
+def _owner(view: memoryview) -> Any:
+    """The object that owns *view*'s memory (through numpy's chain of ``.base``)."""
+    owner = view.obj
+    while getattr(owner, "base", None) is not None:
+        owner = owner.base
+    return owner
+
+
 def _adjacent_span(views: list[memoryview]) -> memoryview | None:
     """One view covering *views* if they lie back to back in one buffer, else None."""
-    owner = views[0].obj
-    if any(view.obj is not owner for view in views):
+    owner = _owner(views[0])
+    if any(_owner(view) is not owner for view in views):
         return None
     try:
+        base = memoryview(owner)
+        if not base.contiguous:
+            return None
+        base = byte_view(base)
         start = position = _address(views[0])
         for view in views:
             if _address(view) != position:
                 return None
             position += view.nbytes
-        base = byte_view(owner)
         offset = start - _address(base)
     except (ImportError, TypeError, ValueError):
         return None
