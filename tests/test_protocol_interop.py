@@ -89,6 +89,7 @@ objects = np.array([1, "two", None, (3,)], dtype=object)
 random_80mb = rng.integers(0, 2**63, size=80 * MiB // 8, dtype="i8")  # incompressible
 zeros_1mb = np.zeros(MiB // 8)
 big_bytes = b"0123456789abcdef" * (100 * MiB // 16)
+int_matrix = memoryview(array.array("i", range(6))).cast("B").cast("i", (2, 3))
 add_one = lambda x: x + 1  # noqa: E731 - a lambda is the point: plain pickle refuses it
 
 
@@ -140,12 +141,7 @@ CASES = {
     "enum": case(lambda m: {"e": uuid.SafeUUID.safe}, {"e": uuid.SafeUUID.safe}),
     "bytes": case(lambda m: {"d": m.to_serialize(b"abc" * 100)}, {"d": b"abc" * 100}),
     "bytearray": case(lambda m: {"d": m.to_serialize(bytearray(b"xy"))}, {"d": bytearray(b"xy")}),
-    "memoryview": case(
-        lambda m: {
-            "d": m.to_serialize(memoryview(array.array("i", range(6))).cast("B").cast("i", (2, 3)))
-        },
-        {"d": memoryview(array.array("i", range(6))).cast("B").cast("i", (2, 3))},
-    ),
+    "memoryview": case(lambda m: {"d": m.to_serialize(int_matrix)}, {"d": int_matrix}),
     "array.array": case(
         lambda m: {"d": m.to_serialize(array.array("d", [1.0, 2.5]))},
         {"d": array.array("d", [1.0, 2.5])},
