@@ -78,7 +78,7 @@ class Comm(ABC):
 
     @abstractmethod
     async def write(self, msg: Any, serializers=None, on_error=None) -> int:
-        """Send *msg*; returns the number of bytes written (0 where nothing is serialized)."""
+        """Send *msg*; returns the bytes written (inproc returns 1, as distributed's does)."""
 
     @abstractmethod
     async def close(self) -> None:
