@@ -15,11 +15,6 @@ import psutil
 
 from distributed_comm import config
 
-try:
-    import numpy as _numpy
-except ImportError:  # pragma: no cover - numpy is optional
-    _numpy = None
-
 Buffer = bytes | bytearray | memoryview
 
 U64 = struct.Struct("<Q")
@@ -230,6 +225,11 @@ def empty_buffer(size: int) -> memoryview:
     matters when the next step overwrites every byte from the socket anyway;
     small buffers are plain ``bytearray`` (cheaper to make, nothing to skip).
     """
-    if _numpy is not None and size > SMALL_FRAME:
-        return memoryview(_numpy.empty(size, "u1"))
+    if size > SMALL_FRAME:
+        try:
+            import numpy  # imported on first use: numpy is optional and slow to import
+        except ImportError:  # pragma: no cover - numpy is optional
+            pass
+        else:
+            return memoryview(numpy.empty(size, "u1"))
     return memoryview(bytearray(size))

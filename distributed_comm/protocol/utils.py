@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pickle import PickleBuffer
 from typing import Any
 
-from ..frames import Buffer, nbytes
+from ..frames import Buffer, empty_buffer, nbytes
 
 
 def byte_view(frame: Any) -> memoryview:
@@ -34,15 +34,6 @@ def split_frame(frame: Buffer, size: int) -> list[Buffer]:
         return [frame]
     view = byte_view(frame)
     return [view[start : start + size] for start in range(0, total, size)]
-
-
-def host_buffer(size: int) -> memoryview:
-    """A writeable buffer of *size* bytes; with numpy it skips the zero-fill."""
-    try:
-        import numpy
-    except ImportError:
-        return memoryview(bytearray(size))
-    return numpy.empty(size, dtype="u1").data
 
 
 def _address(view: memoryview) -> int:
@@ -97,7 +88,7 @@ def merge_frames(frames: Sequence[Buffer]) -> Buffer:
     span = _adjacent_span(views)
     if span is not None:
         return span
-    out = host_buffer(sum(view.nbytes for view in views))
+    out = empty_buffer(sum(view.nbytes for view in views))
     position = 0
     for view in views:
         out[position : position + view.nbytes] = view
