@@ -130,6 +130,14 @@ def test_pickle_fallback_is_logged_once(caplog):
     assert len([r for r in caplog.records if "pickling" in r.getMessage()]) == 1
 
 
+def test_ints_beyond_64_bits_are_pickled():
+    msg = {"big": 2**64, "in-set": {-(2**63) - 1}, "ok": 2**64 - 1}
+    frames = ours.dumps(msg)
+    assert len(frames) == 3  # body plus two pickled sub-headers
+    assert ours.loads(frames) == msg
+    assert theirs.loads(frames) == msg
+
+
 def test_enum_outside_allow_list_is_refused():
     frames = ours.dumps({"e": uuid.SafeUUID.safe})
     with pytest.raises(RuntimeError, match="'uuid' is not allowed"):

@@ -204,8 +204,8 @@ def dumps(
     """
     try:
         return [_packb(msg, use_bin_type=True)]
-    except TypeError:
-        pass  # something needs the hook: Serialize, ToPickle, set, Enum, ...
+    except (TypeError, OverflowError):
+        pass  # needs the hook: Serialize, ToPickle, set, Enum, ints beyond 64 bits...
     return _Encoder(serializers, on_error, context, frame_split_size).encode(msg)
 
 
