@@ -48,7 +48,14 @@ def to_wire(frames: list) -> list:
 
 
 def assert_same(got: object, expected: object, path: str = "msg") -> None:
-    if isinstance(expected, np.ndarray):
+    if expected is np.ma.masked:
+        assert got is np.ma.masked, path
+    elif isinstance(expected, np.ma.MaskedArray):
+        assert type(got) is type(expected), path
+        np.testing.assert_array_equal(np.ma.getmaskarray(got), np.ma.getmaskarray(expected))
+        np.testing.assert_array_equal(got.data, expected.data, err_msg=path)
+        assert got.fill_value == expected.fill_value, path
+    elif isinstance(expected, np.ndarray):
         assert type(got) is type(expected), path
         assert got.dtype == expected.dtype, path
         assert got.shape == expected.shape, path
@@ -85,6 +92,8 @@ readonly = np.arange(10.0)
 readonly.flags.writeable = False
 structured = np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "<i4"), ("b", "<f8")])
 aligned = np.zeros(3, dtype=np.dtype([("a", "u1"), ("b", "<i8")], align=True))
+masked = np.ma.masked_array(np.arange(5.0), mask=[0, 1, 0, 0, 1], fill_value=-1.5)
+masked_strings = np.ma.masked_array(np.array(["a", "b"]), fill_value="zz")
 objects = np.array([1, "two", None, (3,)], dtype=object)
 random_80mb = rng.integers(0, 2**63, size=80 * MiB // 8, dtype="i8")  # incompressible
 zeros_1mb = np.zeros(MiB // 8)
@@ -150,6 +159,16 @@ CASES = {
         f"numpy-{name}": case(lambda m, a=a: {"x": m.to_serialize(a)}, {"x": a})
         for name, a in ARRAYS.items()
     },
+    "numpy-matrix": case(
+        lambda m: {"x": m.to_serialize(np.asmatrix(arange))}, {"x": np.asmatrix(arange)}
+    ),
+    "numpy-masked": case(
+        lambda m: {"x": m.to_serialize(masked), "c": m.to_serialize(np.ma.masked)},
+        {"x": masked, "c": np.ma.masked},
+    ),
+    "numpy-masked-nomask-object-fill": case(
+        lambda m: {"x": m.to_serialize(masked_strings)}, {"x": masked_strings}
+    ),
     "bytes-100MB": case(lambda m: {"big": m.to_serialize(big_bytes)}, {"big": big_bytes}),
     "split-80MB-array": case(lambda m: {"x": m.to_serialize(random_80mb)}, {"x": random_80mb}),
     "split-small-shards": case(

@@ -42,22 +42,26 @@ _unpackb = msgpack.unpackb
 
 # --- Settings, read once -------------------------------------------------------------
 
-_settings: dict[str, Any] = {}
+_settings: dict[str, Any] | None = None
 
 
 def refresh_settings() -> None:
     """Re-read the settings this module caches (call after ``config.set``)."""
-    _settings.clear()
+    global _settings
+    _settings = None
 
 
 def _setting(name: str) -> Any:
-    if not _settings:
-        _settings["shard"] = config.parse_bytes(config.get("distributed.comm.shard"))
-        _settings["allowed-imports"] = tuple(
-            config.get("distributed.scheduler.allowed-imports", ("dask", "distributed"))
-        )
+    global _settings
+    settings = _settings
+    if settings is None:
         _allowed_modules.clear()
-    return _settings[name]
+        allowed = config.get("distributed.scheduler.allowed-imports", ("dask", "distributed"))
+        settings = _settings = {
+            "shard": config.parse_bytes(config.get("distributed.comm.shard")),
+            "allowed-imports": tuple(allowed),
+        }
+    return settings[name]
 
 
 # --- Plain msgpack extensions: set and Enum -----------------------------------------
@@ -213,9 +217,11 @@ def dumps(
 
 
 def _sub_frames(frames: Sequence[Any], index: int) -> tuple[dict, list[Any]]:
+    if index >= len(frames):
+        raise ValueError(f"message refers to frame {index} but has only {len(frames)} frames")
     header = _unpackb(frames[index], object_hook=_decode_plain, **UNPACK_OPTIONS)
     count = header.get("num-sub-frames", 0)
-    if index + count >= len(frames) + (count == 0):
+    if index + count >= len(frames):
         raise ValueError(
             f"sub-header at frame {index} needs {count} frames but only "
             f"{len(frames) - index - 1} follow"

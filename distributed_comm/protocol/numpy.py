@@ -85,4 +85,40 @@ def deserialize_ndarray(header: Header, frames: Frames) -> np.ndarray:
     return x
 
 
+def serialize_matrix(x: np.matrix, context: dict | None = None) -> tuple[Header, Frames]:
+    header, frames = serialize_ndarray(np.asarray(x), context)
+    header["matrix"] = True
+    return header, frames
+
+
+def serialize_masked(x: np.ma.MaskedArray, context: dict | None = None) -> tuple[Header, Frames]:
+    """Data and mask as two arrays; the fill value inline when msgpack can carry it."""
+    header, frames = serialize_ndarray(np.asarray(x.data), context)
+    masked: Header = {"data-header": header, "nframes": len(frames)}
+    if x.mask is not np.ma.nomask:
+        masked["mask-header"], mask_frames = serialize_ndarray(np.asarray(x.mask), context)
+        frames = [*frames, *mask_frames]
+    fill = x.fill_value
+    if isinstance(fill, (np.integer, np.floating, np.bool_)):
+        masked["fill-value"] = (False, fill.item())
+    else:
+        masked["fill-value"] = (True, pickle.dumps(fill))
+    return masked, frames
+
+
+def deserialize_masked(header: Header, frames: Frames) -> np.ma.MaskedArray:
+    split = header["nframes"]
+    data = deserialize_ndarray(header["data-header"], frames[:split])
+    mask = np.ma.nomask
+    if "mask-header" in header:
+        mask = deserialize_ndarray(header["mask-header"], frames[split:])
+    pickled, fill = header["fill-value"]
+    return np.ma.masked_array(data, mask=mask, fill_value=pickle.loads(fill) if pickled else fill)
+
+
 register_serialization(np.ndarray, serialize_ndarray, deserialize_ndarray)
+register_serialization(np.matrix, serialize_matrix, deserialize_ndarray)
+register_serialization(np.ma.MaskedArray, serialize_masked, deserialize_masked)
+register_serialization(
+    np.ma.core.MaskedConstant, lambda x: ({}, []), lambda header, frames: np.ma.masked
+)
