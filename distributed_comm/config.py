@@ -11,10 +11,10 @@ from __future__ import annotations
 import ast
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["defaults", "get", "set", "parse_timedelta", "parse_bytes", "refresh"]
+__all__ = ["defaults", "get", "set", "on_change", "parse_timedelta", "parse_bytes", "refresh"]
 
 defaults: dict[str, Any] = {
     "distributed.comm.timeouts.connect": "30s",
@@ -43,10 +43,25 @@ defaults: dict[str, Any] = {
     "distributed.comm.max-message-size": "auto",  # "auto": a quarter of RAM
     "distributed.comm.timeouts.handshake": "30s",
     "distributed.comm.allow-pickle": True,
+    # Modules whose Enum members may be imported when a message is decoded.
+    "distributed.scheduler.allowed-imports": ("dask", "distributed"),
 }
 
 _ENV_PREFIX = "DASK_"
 _settings: dict[str, Any] = {}
+_listeners: list[Callable[[], None]] = []
+
+
+def on_change(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call *callback* whenever settings change, so modules that cache a
+    setting (to keep it off the per-message path) can drop their cache."""
+    _listeners.append(callback)
+    return callback
+
+
+def _changed() -> None:
+    for callback in _listeners:
+        callback()
 
 
 def _canonical(key: str) -> str:
@@ -75,6 +90,7 @@ def refresh(environ: Mapping[str, str] | None = None) -> None:
     _settings.clear()
     _settings.update({_canonical(k): v for k, v in defaults.items()})
     _settings.update(_from_environment(os.environ if environ is None else environ))
+    _changed()
 
 
 def get(key: str, default: Any = KeyError) -> Any:
@@ -98,6 +114,7 @@ class set:  # noqa: A001 - mirrors ``dask.config.set``
         updates = {**(arg or {}), **{k.replace("__", "."): v for k, v in kwargs.items()}}
         for key, value in updates.items():
             _settings[_canonical(key)] = value
+        _changed()
 
     def __enter__(self) -> set:
         return self
@@ -105,6 +122,7 @@ class set:  # noqa: A001 - mirrors ``dask.config.set``
     def __exit__(self, *exc_info: object) -> None:
         _settings.clear()
         _settings.update(self._previous)
+        _changed()
 
 
 _TIME_UNITS = {

@@ -143,11 +143,9 @@ def test_enum_outside_allow_list_is_refused():
     with pytest.raises(RuntimeError, match="'uuid' is not allowed"):
         ours.loads(frames)
     with config.set({"distributed.scheduler.allowed-imports": ["uuid"]}):
-        core.refresh_settings()
-        try:
-            assert ours.loads(frames) == {"e": uuid.SafeUUID.safe}
-        finally:
-            core.refresh_settings()
+        assert ours.loads(frames) == {"e": uuid.SafeUUID.safe}
+    with pytest.raises(RuntimeError, match="'uuid' is not allowed"):
+        ours.loads(frames)
 
 
 def test_missing_frames_are_reported():
@@ -383,15 +381,12 @@ def test_merge_copies_separate_buffers():
     assert not memoryview(merged).readonly
 
 
-def test_shard_setting_is_cached_until_refreshed():
+def test_shard_setting_follows_config_changes():
     x = np.zeros(3 * 2**20, dtype="u1")
+    assert len(ours.dumps({"x": ours.to_serialize(x)})) == 3  # caches the 64 MiB default
     with config.set({"distributed.comm.shard": "1MiB"}):
-        assert len(ours.dumps({"x": ours.to_serialize(x)})) == 3  # cached 64 MiB
-        core.refresh_settings()
-        try:
-            assert len(ours.dumps({"x": ours.to_serialize(x)})) == 5
-        finally:
-            core.refresh_settings()
+        assert len(ours.dumps({"x": ours.to_serialize(x)})) == 5
+    assert len(ours.dumps({"x": ours.to_serialize(x)})) == 3
     assert len(ours.dumps({"x": ours.to_serialize(x)}, frame_split_size=2**20)) == 5
 
 

@@ -18,7 +18,6 @@ import pytest
 
 import distributed_comm.protocol as ours
 from distributed_comm import config
-from distributed_comm.protocol.core import refresh_settings
 
 dask = pytest.importorskip("dask")
 theirs = pytest.importorskip("distributed.protocol")
@@ -237,9 +236,7 @@ def allow_uuid_enums():
     allowed = ["dask", "distributed", "uuid"]
     with dask.config.set({"distributed.scheduler.allowed-imports": allowed}):
         with config.set({"distributed.scheduler.allowed-imports": allowed}):
-            refresh_settings()
             yield
-    refresh_settings()
 
 
 def test_enough_cases():

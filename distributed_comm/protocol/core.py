@@ -45,18 +45,19 @@ _unpackb = msgpack.unpackb
 _settings: dict[str, Any] | None = None
 
 
+@config.on_change
 def refresh_settings() -> None:
-    """Re-read the settings this module caches (call after ``config.set``)."""
+    """Forget the cached settings; ``config`` calls this whenever they change."""
     global _settings
     _settings = None
+    _allowed_modules.clear()
 
 
 def _setting(name: str) -> Any:
     global _settings
     settings = _settings
     if settings is None:
-        _allowed_modules.clear()
-        allowed = config.get("distributed.scheduler.allowed-imports", ("dask", "distributed"))
+        allowed = config.get("distributed.scheduler.allowed-imports")
         settings = _settings = {
             "shard": config.parse_bytes(config.get("distributed.comm.shard")),
             "allowed-imports": tuple(allowed),
