@@ -221,19 +221,27 @@ class TCP(Comm):
             # Interrupted mid-message: where the next message starts is unknown.
             self.abort()
             raise
+        try:
+            return await self._from_frames(msg_frames, size, deserializers)
+        except EOFError as exc:
+            self.abort()
+            raise CommClosedError(f"in {self!r}: truncated message") from exc
+
+    async def _from_frames(self, msg_frames: list, size: int, deserializers) -> Any:
+        """Frames -> message with the codec; large messages on the offload thread.
+
+        Subclasses override this and :meth:`_to_frames` to plug in a
+        serialization that does its own offloading (see ``interop``).
+        """
         loads = functools.partial(
             self.codec.loads,
             msg_frames,
             deserialize=self.deserialize,
             deserializers=deserializers,
         )
-        try:
-            if self.allow_offload and self.deserialize and size > self._offload_threshold > 0:
-                return await offload(loads)
-            return loads()
-        except EOFError as exc:
-            self.abort()
-            raise CommClosedError(f"in {self!r}: truncated message") from exc
+        if self.allow_offload and self.deserialize and size > self._offload_threshold > 0:
+            return await offload(loads)
+        return loads()
 
     async def _read_frames(self, stream: IOStream) -> tuple[list, int]:
         """One message's frames and their total size, allocating only what the limits allow."""
@@ -253,8 +261,7 @@ class TCP(Comm):
 
     async def write(self, msg: Any, serializers=None, on_error="message") -> int:
         self._stream_or_raise()
-        dumps = functools.partial(
-            self.codec.dumps,
+        msg_frames = await self._to_frames(
             msg,
             serializers=serializers,
             on_error=on_error,
@@ -265,14 +272,6 @@ class TCP(Comm):
             },
             frame_split_size=self.max_shard_size,
         )
-        if (
-            self.allow_offload
-            and self._offload_threshold > 0
-            and rough_nbytes(msg) > self._offload_threshold
-        ):
-            msg_frames = await offload(dumps)
-        else:
-            msg_frames = dumps()
         parts, total = frames.encode(msg_frames)
         stream = self._stream_or_raise()
         try:
@@ -284,6 +283,18 @@ class TCP(Comm):
             self.abort()
             raise
         return total
+
+    async def _to_frames(self, msg: Any, **dumps_args: Any) -> list:
+        """Message -> frames with the codec (``dumps_args`` as ``protocol.dumps``
+        takes them); large messages on the offload thread."""
+        dumps = functools.partial(self.codec.dumps, msg, **dumps_args)
+        if (
+            self.allow_offload
+            and self._offload_threshold > 0
+            and rough_nbytes(msg) > self._offload_threshold
+        ):
+            return await offload(dumps)
+        return dumps()
 
     async def close(self) -> None:
         """Flush pending writes, shut the socket down, close."""
