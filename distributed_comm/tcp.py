@@ -14,6 +14,7 @@ import errno
 import functools
 import inspect
 import logging
+import os
 import socket
 import ssl
 import sys
@@ -47,7 +48,7 @@ from distributed_comm.utils import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TCP", "TLS", "TCPConnector", "TLSConnector", "TCPListener", "TLSListener"]
+__all__ = ["CodecComm", "TCP", "TLS", "TCPConnector", "TLSConnector", "TCPListener", "TLSListener"]
 
 #: Tornado refuses to buffer more than ``max_buffer_size``; reads of a user
 #: buffer count against it too, and we read at most one chunk at a time.
@@ -111,6 +112,13 @@ def _mark_closed(ref: weakref.ref) -> None:
         comm._closed = True
 
 
+def _location(name: tuple | str | bytes) -> str:
+    """A socket name as an address location: ``host:port``, or a unix socket's path."""
+    if isinstance(name, tuple):
+        return unparse_host_port(*name[:2])
+    return os.fsdecode(name)
+
+
 def _close_dangling(stream: IOStream, description: str) -> None:
     if not stream.closed():
         logger.warning("closing dangling stream in %s", description)
@@ -142,19 +150,17 @@ async def _fill(stream: IOStream, buffer: memoryview) -> None:
         await stream.read_into(chunk)
 
 
-class TCP(Comm):
-    """A comm over a Tornado ``IOStream``, moving frames made by a codec.
+class CodecComm(Comm):
+    """A comm that turns messages into frames with a codec; subclasses move the frames.
 
     Settings are copied when the comm is made; reading and writing a small
     message does no lookups, no size walks and no thread hops.
     """
 
-    stream: IOStream | None
     max_shard_size: int
 
     def __init__(
         self,
-        stream: IOStream,
         local_addr: str,
         peer_addr: str,
         deserialize: bool = True,
@@ -164,23 +170,11 @@ class TCP(Comm):
         super().__init__(deserialize=deserialize)
         self._local_addr = local_addr
         self._peer_addr = peer_addr
-        self.stream = stream
         self.codec = codec if codec is not None else default_codec()
         self.max_shard_size = config.parse_bytes(config.get("distributed.comm.shard"))
         self._offload_threshold = config.parse_bytes(config.get("distributed.comm.offload") or 0)
         self._limits = frames.Limits.from_config()
         self._extra: dict = {}
-        self._finalizer = weakref.finalize(self, _close_dangling, stream, repr(self))
-        self._finalizer.atexit = False
-        stream.set_close_callback(functools.partial(_mark_closed, weakref.ref(self)))
-        if stream.socket is not None and stream.socket.family in _INET:
-            stream.set_nodelay(True)
-            timeout = config.parse_timedelta(config.get("distributed.comm.timeouts.tcp"))
-            set_tcp_timeout(stream.socket, timeout or 0)
-        self._read_extra()
-
-    def _read_extra(self) -> None:
-        """Collect transport facts for :attr:`extra_info` (TLS adds its own)."""
 
     @property
     def local_address(self) -> str:
@@ -196,6 +190,62 @@ class TCP(Comm):
 
     def closed(self) -> bool:
         return self._closed
+
+    async def _from_frames(self, msg_frames: list, size: int, deserializers) -> Any:
+        """Frames -> message with the codec; large messages on the offload thread.
+
+        Subclasses override this and :meth:`_to_frames` to plug in a
+        serialization that does its own offloading (see ``interop``).
+        """
+        loads = functools.partial(
+            self.codec.loads,
+            msg_frames,
+            deserialize=self.deserialize,
+            deserializers=deserializers,
+        )
+        if self.allow_offload and self.deserialize and size > self._offload_threshold > 0:
+            return await offload(loads)
+        return loads()
+
+    async def _to_frames(self, msg: Any, **dumps_args: Any) -> list:
+        """Message -> frames with the codec (``dumps_args`` as ``protocol.dumps``
+        takes them); large messages on the offload thread."""
+        dumps = functools.partial(self.codec.dumps, msg, **dumps_args)
+        if (
+            self.allow_offload
+            and self._offload_threshold > 0
+            and rough_nbytes(msg) > self._offload_threshold
+        ):
+            return await offload(dumps)
+        return dumps()
+
+
+class TCP(CodecComm):
+    """A comm over a Tornado ``IOStream``, moving frames as WIRE.md section 1 lays them out."""
+
+    stream: IOStream | None
+
+    def __init__(
+        self,
+        stream: IOStream,
+        local_addr: str,
+        peer_addr: str,
+        deserialize: bool = True,
+        codec: Codec | None = None,
+    ):
+        super().__init__(local_addr, peer_addr, deserialize, codec)
+        self.stream = stream
+        self._finalizer = weakref.finalize(self, _close_dangling, stream, repr(self))
+        self._finalizer.atexit = False
+        stream.set_close_callback(functools.partial(_mark_closed, weakref.ref(self)))
+        if stream.socket is not None and stream.socket.family in _INET:
+            stream.set_nodelay(True)
+            timeout = config.parse_timedelta(config.get("distributed.comm.timeouts.tcp"))
+            set_tcp_timeout(stream.socket, timeout or 0)
+        self._read_extra()
+
+    def _read_extra(self) -> None:
+        """Collect transport facts for :attr:`extra_info` (TLS adds its own)."""
 
     def _stream_or_raise(self) -> IOStream:
         stream = self.stream
@@ -226,22 +276,6 @@ class TCP(Comm):
         except EOFError as exc:
             self.abort()
             raise CommClosedError(f"in {self!r}: truncated message") from exc
-
-    async def _from_frames(self, msg_frames: list, size: int, deserializers) -> Any:
-        """Frames -> message with the codec; large messages on the offload thread.
-
-        Subclasses override this and :meth:`_to_frames` to plug in a
-        serialization that does its own offloading (see ``interop``).
-        """
-        loads = functools.partial(
-            self.codec.loads,
-            msg_frames,
-            deserialize=self.deserialize,
-            deserializers=deserializers,
-        )
-        if self.allow_offload and self.deserialize and size > self._offload_threshold > 0:
-            return await offload(loads)
-        return loads()
 
     async def _read_frames(self, stream: IOStream) -> tuple[list, int]:
         """One message's frames and their total size, allocating only what the limits allow."""
@@ -283,18 +317,6 @@ class TCP(Comm):
             self.abort()
             raise
         return total
-
-    async def _to_frames(self, msg: Any, **dumps_args: Any) -> list:
-        """Message -> frames with the codec (``dumps_args`` as ``protocol.dumps``
-        takes them); large messages on the offload thread."""
-        dumps = functools.partial(self.codec.dumps, msg, **dumps_args)
-        if (
-            self.allow_offload
-            and self._offload_threshold > 0
-            and rough_nbytes(msg) > self._offload_threshold
-        ):
-            return await offload(dumps)
-        return dumps()
 
     async def close(self) -> None:
         """Flush pending writes, shut the socket down, close."""
@@ -394,20 +416,11 @@ class TCPConnector(Connector, _RequireEncryption):
 
     async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> TCP:
         self._check_encryption(address, connection_args)
-        host, port = parse_host_port(address)
-        tls_args = self._connect_args(connection_args)
         try:
-            if "server_hostname" in tls_args:
-                # Tornado's TCPClient would use the address as SNI name.
-                stream = await self.client.connect(host, port, max_buffer_size=_MAX_BUFFER_SIZE)
-                stream = await stream.start_tls(False, **tls_args)
-            else:
-                stream = await self.client.connect(
-                    host, port, max_buffer_size=_MAX_BUFFER_SIZE, **tls_args
-                )
+            stream = await self._open_stream(address, connection_args)
             if stream.closed():
                 raise StreamClosedError(stream.error)
-            local_address = self.prefix + unparse_host_port(*stream.socket.getsockname()[:2])
+            local_address = self.prefix + _location(stream.socket.getsockname())
         except ssl.SSLCertVerificationError as exc:
             raise FatalCommClosedError(
                 f"TLS certificate of {self.prefix + address} is not trusted or does not "
@@ -422,6 +435,16 @@ class TCPConnector(Connector, _RequireEncryption):
         return self.comm_class(
             stream, local_address, self.prefix + address, deserialize, codec=self.codec
         )
+
+    async def _open_stream(self, address: str, connection_args: dict) -> IOStream:
+        """A connected stream to *address* (unix overrides this)."""
+        host, port = parse_host_port(address)
+        tls_args = self._connect_args(connection_args)
+        if "server_hostname" in tls_args:
+            # Tornado's TCPClient would use the address as SNI name.
+            stream = await self.client.connect(host, port, max_buffer_size=_MAX_BUFFER_SIZE)
+            return await stream.start_tls(False, **tls_args)
+        return await self.client.connect(host, port, max_buffer_size=_MAX_BUFFER_SIZE, **tls_args)
 
 
 class TLSConnector(TCPConnector):
@@ -473,7 +496,7 @@ class TCPListener(BaseListener, _RequireEncryption):
     ):
         super().__init__()
         self._check_encryption(address, connection_args)
-        self.ip, self.port = parse_host_port(address, default_port)
+        self._set_location(address, default_port)
         self.comm_handler = comm_handler
         self.deserialize = deserialize
         self.allow_offload = allow_offload
@@ -483,12 +506,20 @@ class TCPListener(BaseListener, _RequireEncryption):
         self.bound_address: tuple | None = None
         self._negotiating: set[IOStream] = set()
 
+    def _set_location(self, address: str, default_port: int) -> None:
+        self.ip, self.port = parse_host_port(address, default_port)
+
     def _server_args(self, connection_args: dict) -> dict:
         return {}
 
-    async def start(self) -> None:
+    def _make_server(self) -> TCPServer:
+        """A server that is not listening yet (ws serves HTTP instead)."""
         server = TCPServer(max_buffer_size=_MAX_BUFFER_SIZE, **self.server_args)
         server.handle_stream = self._handle_stream
+        return server
+
+    async def start(self) -> None:
+        server = self._make_server()
         backlog = int(config.get("distributed.comm.socket-backlog"))
         server.add_sockets(_bind_sockets(self.ip, self.port, backlog))
         self.tcp_server = server
@@ -508,16 +539,21 @@ class TCPListener(BaseListener, _RequireEncryption):
         """Whether the stream is ready for the comm handshake (TLS negotiates here)."""
         return True
 
-    async def _handle_stream(self, stream: IOStream, address: tuple) -> None:
-        peer = self.prefix + unparse_host_port(*address[:2])
+    async def _handle_stream(self, stream: IOStream, address: tuple | str) -> None:
+        peer = self.prefix + _location(address)
         if not await self._prepare_stream(stream, peer):
             return
         if self.tcp_server is None or stream.closed():
             # stopped while negotiating: nobody would ever finish this handshake
             stream.close()
             return
-        local = self.prefix + unparse_host_port(*stream.socket.getsockname()[:2])
+        local = self.prefix + _location(stream.socket.getsockname())
         comm = self.comm_class(stream, local, peer, self.deserialize, codec=self.codec)
+        await self._serve(comm)
+
+    async def _serve(self, comm: Comm) -> None:
+        """Handshake a freshly accepted comm, then hand it to ``comm_handler``."""
+        peer = comm.peer_address
         comm.allow_offload = self.allow_offload
         try:
             await self.on_connection(comm)
