@@ -95,9 +95,7 @@ class WhereDeserialized:
     "scheme, backend_class", [("dc+tcp", interop.DCTCPBackend), ("dc+tls", interop.DCTLSBackend)]
 )
 def test_entry_points_resolve_through_distributed(scheme, backend_class):
-    (entry_point,) = importlib.metadata.entry_points(
-        group="distributed.comm.backends", name=scheme
-    )
+    (entry_point,) = importlib.metadata.entry_points(group="distributed.comm.backends", name=scheme)
     assert entry_point.load() is backend_class
     backend = stock_registry.get_backend(scheme)
     assert isinstance(backend, backend_class)
