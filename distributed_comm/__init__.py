@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from distributed_comm import inproc as _inproc  # noqa: F401  (registers inproc://)
 from distributed_comm import tcp as _tcp  # noqa: F401  (registers tcp:// and tls://)
+from distributed_comm import unix as _unix  # noqa: F401  (registers unix://)
+from distributed_comm import ws as _ws  # noqa: F401  (registers ws:// and wss://)
 from distributed_comm.addressing import (
     address_from_user_args,
     addresses_from_user_args,

@@ -40,15 +40,22 @@ def tls_contexts():
     return server, client
 
 
-def _tls(contexts) -> Transport:
-    server, client = contexts
-    return Transport("tls", "tls://127.0.0.1:0", {"ssl_context": server}, {"ssl_context": client})
+def _secure(scheme: str):
+    def make(contexts) -> Transport:
+        server, client = contexts
+        address = f"{scheme}://127.0.0.1:0"
+        return Transport(scheme, address, {"ssl_context": server}, {"ssl_context": client})
+
+    return make
 
 
 TRANSPORTS: dict[str, Callable[..., Transport]] = {
     "inproc": lambda contexts: Transport("inproc", "inproc://"),
     "tcp": lambda contexts: Transport("tcp", "tcp://127.0.0.1:0"),
-    "tls": _tls,
+    "tls": _secure("tls"),
+    "unix": lambda contexts: Transport("unix", "unix://"),
+    "ws": lambda contexts: Transport("ws", "ws://127.0.0.1:0"),
+    "wss": _secure("wss"),
 }
 
 
