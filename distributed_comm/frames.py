@@ -130,8 +130,10 @@ def encode(frames: Sequence[Buffer]) -> tuple[list[Buffer], int]:
     return parts, total
 
 
-def chunks(view: memoryview, size: int = C_INT_MAX) -> list[memoryview]:
-    """*view* cut into slices of at most *size* bytes (one per send/recv call)."""
+def chunks(view: memoryview, size: int | None = None) -> list[memoryview]:
+    """*view* cut into slices of at most *size* (default :data:`C_INT_MAX`)
+    bytes: one per send/recv call."""
+    size = size or C_INT_MAX
     total = view.nbytes
     if total <= size:
         return [view]

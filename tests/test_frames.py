@@ -1,0 +1,167 @@
+"""frames: the byte layout of one message on a stream (WIRE.md section 1), without sockets."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distributed_comm import config, frames
+from distributed_comm.frames import U64, Limits
+
+LIMITS = Limits(max_frames=1000, max_message_size=2**30)
+
+
+def stream_bytes(msg_frames: list) -> bytes:
+    parts, total = frames.encode(msg_frames)
+    data = b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+    assert len(data) == total
+    return data
+
+
+def read_back(data: bytes, limits: Limits = LIMITS) -> list[bytes]:
+    """What a reader does: H, then H bytes, then each remaining frame on its own."""
+    (head_size,) = U64.unpack_from(data)
+    limits.check_head_size(head_size)
+    head = memoryview(bytearray(data[8 : 8 + head_size]))
+    got, missing = limits.split_head(head)
+    position = 8 + head_size
+    for length in missing:
+        got.append(memoryview(data[position : position + length]))
+        position += length
+    assert position == len(data), "reader must consume exactly the message"
+    return [bytes(f) for f in got]
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_small_messages_round_trip_as_one_buffer(msg_frames):
+    parts, _ = frames.encode(msg_frames)
+    assert len(parts) == 1 and isinstance(parts[0], bytes)
+    assert read_back(stream_bytes(msg_frames)) == msg_frames
+
+
+def test_layout_is_h_then_prelude_then_frames():
+    data = stream_bytes([b"ab", b"cde"])
+    head, count, len0, len1 = struct.unpack_from("<4Q", data)
+    assert (count, len0, len1) == (2, 2, 3)
+    assert head == 8 * 3 + 5  # prelude + both (small) frames
+    assert data[32:] == b"abcde"
+
+
+def test_large_frames_are_views_of_the_callers_memory_and_read_separately():
+    big = bytearray(b"x" * (frames.SMALL_MESSAGE + 1))
+    parts, total = frames.encode([b"head", big, b"tail"])
+    assert len(parts) == 4
+    assert isinstance(parts[2], memoryview) and parts[2].obj is big  # not copied
+    assert total == 8 * 5 + 4 + len(big) + 4
+    (head_size,) = U64.unpack_from(parts[0])
+    assert head_size == 8 * 4 + 4  # K = 1: only b"head" travels with the prelude
+    assert read_back(stream_bytes([b"head", big, b"tail"])) == [b"head", bytes(big), b"tail"]
+
+
+def test_fragmented_messages_are_joined():
+    many = [b"y" * 1000] * 200  # 200 kB in small frames
+    parts, _ = frames.encode(many)
+    assert len(parts) == 1
+    assert read_back(parts[0]) == many
+
+
+def test_head_count():
+    small, large = frames.HEAD_FRAME_MAX, frames.HEAD_FRAME_MAX + 1
+    assert frames.head_count([]) == 0
+    assert frames.head_count([10, small]) == 2
+    assert frames.head_count([10, large, 10]) == 1
+    assert frames.head_count([large]) == 0
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_reader_accepts_any_k(k):
+    """A distributed writer may put any number of whole frames in the head."""
+    msg_frames = [b"a", b"bb", b"ccc"]
+    lengths = [len(f) for f in msg_frames]
+    head = 8 * 4 + sum(lengths[:k])
+    data = struct.pack("<5Q", head, 3, *lengths) + b"".join(msg_frames)
+    assert read_back(data) == msg_frames
+
+
+def test_chunks_cut_at_the_limit():
+    view = memoryview(bytes(range(10)))
+    pieces = frames.chunks(view, 4)
+    assert [bytes(p) for p in pieces] == [bytes(range(4)), bytes(range(4, 8)), bytes([8, 9])]
+    assert frames.chunks(view, 10)[0] is view
+
+
+def test_frames_over_c_int_max_are_chunked(monkeypatch):
+    monkeypatch.setattr(frames, "C_INT_MAX", 2**20)
+    frame = bytearray(3 * 2**20 + 5)
+    parts, total = frames.encode([b"h", frame])
+    assert [p.nbytes for p in parts[2:]] == [2**20, 2**20, 2**20, 5]
+    assert all(p.obj is frame for p in parts[2:])
+    assert total == 8 * 4 + 1 + len(frame)
+
+
+def test_limit_on_head_size_is_checked_before_allocating():
+    limits = Limits(max_frames=10, max_message_size=1000)
+    limits.check_head_size(8 * 11 + 1000)
+    with pytest.raises(ValueError, match="max-message-size"):
+        limits.check_head_size(8 * 11 + 1001)
+    with pytest.raises(ValueError, match="outside"):
+        limits.check_head_size(3)
+
+
+def test_too_many_frames_is_refused():
+    limits = Limits(max_frames=2, max_message_size=1000)
+    head = memoryview(struct.pack("<4Q", 3, 1, 1, 1))
+    with pytest.raises(ValueError, match="3 frames.*max-frames"):
+        limits.split_head(head)
+
+
+def test_too_large_a_message_is_refused_from_its_prelude():
+    limits = Limits(max_frames=10, max_message_size=100)
+    head = memoryview(struct.pack("<3Q", 2, 60, 41))
+    with pytest.raises(ValueError, match="101 bytes.*max-message-size"):
+        limits.split_head(head)
+
+
+@pytest.mark.parametrize(
+    "head, match",
+    [
+        (struct.pack("<2Q", 5, 1), "cannot hold the prelude"),
+        (struct.pack("<3Q", 2, 4, 4) + b"abc", "ends inside frame 0"),
+        (struct.pack("<2Q", 1, 2) + b"abc", "1 bytes after its last frame"),
+    ],
+)
+def test_malformed_heads(head, match):
+    with pytest.raises(ValueError, match=match):
+        LIMITS.split_head(memoryview(head))
+
+
+def test_limits_from_settings():
+    with config.set({"distributed.comm.max-frames": 7, "distributed.comm.max-message-size": "1 MiB"}):
+        limits = Limits.from_config()
+    assert (limits.max_frames, limits.max_message_size) == (7, 2**20)
+
+
+def test_auto_message_size_is_a_quarter_of_ram():
+    import psutil
+
+    with config.set({"distributed.comm.max-message-size": "auto"}):
+        assert Limits.from_config().max_message_size == psutil.virtual_memory().total // 4
+
+
+def test_negative_limits_are_refused():
+    with pytest.raises(ValueError, match="max_frames=-1"):
+        Limits(-1, 10)
+
+
+@pytest.mark.parametrize("size", [0, 10, frames.SMALL_FRAME + 1])
+def test_empty_buffer_is_writeable_and_owns_its_memory(size):
+    buffer = frames.empty_buffer(size)
+    assert buffer.nbytes == size and not buffer.readonly and buffer.format == "B"
+    other = frames.empty_buffer(size)
+    if size:
+        buffer[0] = 1
+        other[0] = 2
+        assert buffer[0] == 1
