@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
+from .probes import scheduler_comm_modules, worker_comm_module
+
 PROTOCOLS = ["tcp", "dc+tcp", "dc+tls"]
 #: The module whose comm classes each protocol must use, end to end.
 COMM_MODULE = {
@@ -45,21 +47,13 @@ def cluster(request, security):
         yield protocol, client
 
 
-def _scheduler_comm_modules(dask_scheduler) -> list[str]:
-    return sorted({type(bs.comm).__module__ for bs in dask_scheduler.stream_comms.values()})
-
-
-def _worker_comm_module(dask_worker) -> str:
-    return type(dask_worker.batched_stream.comm).__module__
-
-
 def test_every_process_uses_the_chosen_transport(cluster):
     protocol, client = cluster
     expected = COMM_MODULE[protocol]
     assert client.scheduler.address.startswith(f"{protocol}://127.0.0.1:")
     assert type(client.scheduler_comm.comm).__module__ == expected
-    assert client.run_on_scheduler(_scheduler_comm_modules) == [expected]
-    per_worker = client.run(_worker_comm_module)
+    assert client.run_on_scheduler(scheduler_comm_modules) == [expected]
+    per_worker = client.run(worker_comm_module)
     assert len(per_worker) == 2
     assert set(per_worker.values()) == {expected}
     assert all(address.startswith(f"{protocol}://") for address in per_worker)
