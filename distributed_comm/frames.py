@@ -8,6 +8,7 @@ sockets; the transports decide when to read and write.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from collections.abc import Sequence
 
@@ -92,17 +93,31 @@ SMALL_FRAME = 2**15
 HEAD_FRAME_MAX = 2**16
 
 
-def head_count(lengths: Sequence[int]) -> int:
+def _owner(frame: Buffer) -> object:
+    return frame.obj if isinstance(frame, memoryview) else frame
+
+
+def head_count(frames: Sequence[Buffer], lengths: Sequence[int]) -> int:
     """How many leading frames travel in the head region (the K of WIRE.md).
 
-    Small frames (headers, pickled bytes) are read in the same call as the
-    prelude; the first large frame and everything after it are read into
-    buffers of their own.
+    Small leading frames (headers, pickled bytes) always do. The first large
+    frame joins them when the bytes before it are negligible, together with
+    the frames that follow it as views of the same buffer (the shards of one
+    array), so the reader lands those shards side by side in one buffer and
+    the protocol can rejoin them without a copy. Anything after is read into
+    buffers of its own so its memory can be freed independently.
     """
-    for index, length in enumerate(lengths):
-        if length > HEAD_FRAME_MAX:
-            return index
-    return len(lengths)
+    count = len(lengths)
+    k = head = 0
+    while k < count and lengths[k] <= HEAD_FRAME_MAX:
+        head += lengths[k]
+        k += 1
+    if k < count and head <= max(2048, lengths[k] // 20):
+        owner = _owner(frames[k])
+        k += 1
+        while k < count and _owner(frames[k]) is owner:
+            k += 1
+    return k
 
 
 def encode(frames: Sequence[Buffer]) -> tuple[list[Buffer], int]:
@@ -115,7 +130,7 @@ def encode(frames: Sequence[Buffer]) -> tuple[list[Buffer], int]:
     """
     lengths = [nbytes(frame) for frame in frames]
     count = len(lengths)
-    k = head_count(lengths)
+    k = head_count(frames, lengths)
     head = U64.size * (count + 1) + sum(lengths[:k])
     header = struct.pack(f"<{count + 2}Q", head, count, *lengths)
     total = len(header) + sum(lengths)
@@ -179,45 +194,81 @@ class Limits:
                 "not a distributed_comm peer, or a corrupted stream"
             )
 
-    def split_head(self, head: memoryview) -> tuple[list[memoryview], list[int]]:
-        """Parse a head region: zero-copy views of its K frames, and the
-        lengths of the frames still to be read. Every count and length is
-        checked against the limits before the caller allocates for them.
-        """
-        total = head.nbytes
-        (count,) = U64.unpack_from(head)
+    def check_count(self, count: int, head_size: int) -> None:
+        """Refuse a frame count over the limit or too large for its head."""
         if count > self.max_frames:
             raise ValueError(
                 f"message declares {count} frames; the limit is {self.max_frames} "
                 "(distributed.comm.max-frames)"
             )
-        start = U64.size * (count + 1)
-        if start > total:
+        if U64.size * (count + 1) > head_size:
             raise ValueError(
-                f"message head of {total} bytes cannot hold the prelude of {count} frames"
+                f"message head of {head_size} bytes cannot hold the prelude of {count} frames"
             )
-        lengths = struct.unpack_from(f"<{count}Q", head, U64.size)
+
+    def parse_prelude(self, prelude: memoryview, head_size: int) -> tuple[list[int], int]:
+        """Frame lengths from a prelude, and how many of them (K) the head of
+        *head_size* bytes holds. Counts and sizes are checked against the
+        limits before anyone allocates for them.
+        """
+        (count,) = U64.unpack_from(prelude)
+        self.check_count(count, head_size)
+        start = U64.size * (count + 1)
+        lengths = list(struct.unpack_from(f"<{count}Q", prelude, U64.size))
         size = sum(lengths)
         if size > self.max_message_size:
             raise ValueError(
                 f"message declares {size} bytes; the limit is {self.max_message_size} "
                 "(distributed.comm.max-message-size)"
             )
-        frames: list[memoryview] = []
-        for index, length in enumerate(lengths):
-            if start == total:
-                return frames, list(lengths[index:])
-            end = start + length
-            if end > total:
-                raise ValueError(
-                    f"message head of {total} bytes ends inside frame {index}; "
-                    "a head must hold whole frames"
-                )
-            frames.append(head[start:end])
-            start = end
-        if start != total:
-            raise ValueError(f"message head has {total - start} bytes after its last frame")
-        return frames, []
+        k, rest = 0, head_size - start
+        while k < count and lengths[k] <= rest:
+            rest -= lengths[k]
+            k += 1
+        if rest and k < count:
+            raise ValueError(
+                f"message head of {head_size} bytes ends inside frame {k}; "
+                "a head must hold whole frames"
+            )
+        if rest:
+            raise ValueError(f"message head has {rest} bytes after its last frame")
+        return lengths, k
+
+    def split_head(self, head: memoryview) -> tuple[list[memoryview], list[int]]:
+        """Parse a whole head region: zero-copy views of its K frames, and the
+        lengths of the frames still to be read."""
+        lengths, k = self.parse_prelude(head, head.nbytes)
+        start = U64.size * (len(lengths) + 1)
+        return slice_frames(head[start:], lengths[:k]), lengths[k:]
+
+
+def slice_frames(buffer: memoryview, lengths: Sequence[int]) -> list[memoryview]:
+    """Consecutive views of *buffer*, one per length."""
+    views, start = [], 0
+    for length in lengths:
+        views.append(buffer[start : start + length])
+        start += length
+    return views
+
+
+#: Large frames read into a shared head buffer start at a multiple of this,
+#: so numpy arrays built on them are aligned for any dtype.
+ALIGNMENT = 64
+
+
+def aligned_buffer(lengths: Sequence[int]) -> memoryview:
+    """A fresh buffer for consecutive frames, placed so that the largest
+    frame starts on an :data:`ALIGNMENT` boundary."""
+    largest = max(range(len(lengths)), key=lengths.__getitem__, default=0)
+    before = sum(lengths[:largest])
+    pad = -before % ALIGNMENT
+    raw = empty_buffer(pad + sum(lengths) + ALIGNMENT)
+    shift = -_address(raw) % ALIGNMENT
+    return raw[shift + pad : shift + pad + sum(lengths)]
+
+
+def _address(buffer: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer)) if buffer.nbytes else 0
 
 
 def empty_buffer(size: int) -> memoryview:

@@ -281,9 +281,21 @@ class TCP(CodecComm):
         """One message's frames and their total size, allocating only what the limits allow."""
         (head_size,) = frames.U64.unpack(await stream.read_bytes(frames.U64.size))
         self._limits.check_head_size(head_size)
-        head = frames.empty_buffer(head_size)
-        await _fill(stream, head)
-        msg_frames, missing = self._limits.split_head(head)
+        if head_size <= frames.SMALL_MESSAGE:
+            head = frames.empty_buffer(head_size)
+            await _fill(stream, head)
+            msg_frames, missing = self._limits.split_head(head)
+        else:
+            # A head carrying large frames: read the prelude first so the
+            # frames can land in an aligned buffer of their own.
+            count = await stream.read_bytes(frames.U64.size)
+            (n,) = frames.U64.unpack(count)
+            self._limits.check_count(n, head_size)
+            prelude = count + await stream.read_bytes(frames.U64.size * n)
+            lengths, k = self._limits.parse_prelude(prelude, head_size)
+            region = frames.aligned_buffer(lengths[:k])
+            await _fill(stream, region)
+            msg_frames, missing = frames.slice_frames(region, lengths[:k]), lengths[k:]
         size = head_size
         for length in missing:
             buffer = frames.empty_buffer(length)

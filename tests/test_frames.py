@@ -57,7 +57,7 @@ def test_large_frames_are_views_of_the_callers_memory_and_read_separately():
     assert isinstance(parts[2], memoryview) and parts[2].obj is big  # not copied
     assert total == 8 * 5 + 4 + len(big) + 4
     (head_size,) = U64.unpack_from(parts[0])
-    assert head_size == 8 * 4 + 4  # K = 1: only b"head" travels with the prelude
+    assert head_size == 8 * 4 + 4 + len(big)  # K = 2: the large frame joins a tiny head
     assert read_back(stream_bytes([b"head", big, b"tail"])) == [b"head", bytes(big), b"tail"]
 
 
@@ -69,11 +69,18 @@ def test_fragmented_messages_are_joined():
 
 
 def test_head_count():
-    small, large = frames.HEAD_FRAME_MAX, frames.HEAD_FRAME_MAX + 1
-    assert frames.head_count([]) == 0
-    assert frames.head_count([10, small]) == 2
-    assert frames.head_count([10, large, 10]) == 1
-    assert frames.head_count([large]) == 0
+    def k(*frames_):
+        return frames.head_count(frames_, [frames.nbytes(f) for f in frames_])
+
+    small = b"s" * frames.HEAD_FRAME_MAX
+    big, other = bytearray(2**20), bytearray(2**20)
+    assert k() == 0
+    assert k(b"h", small) == 2
+    # the first large frame joins a negligible head, with its own shards only
+    assert k(b"h", memoryview(big)[:100_000], memoryview(big)[100_000:], other) == 3
+    # ... but not when the bytes before it are not negligible
+    assert k(small, b"x" * 3000, big) == 2
+    assert k(big, b"tail") == 1
 
 
 @pytest.mark.parametrize("k", [0, 1, 3])
@@ -91,6 +98,15 @@ def test_chunks_cut_at_the_limit():
     pieces = frames.chunks(view, 4)
     assert [bytes(p) for p in pieces] == [bytes(range(4)), bytes(range(4, 8)), bytes([8, 9])]
     assert frames.chunks(view, 10)[0] is view
+
+
+def test_aligned_buffer_puts_the_largest_frame_on_a_boundary():
+    lengths = [3, 5, 1000, 7]
+    buffer = frames.aligned_buffer(lengths)
+    assert buffer.nbytes == sum(lengths) and not buffer.readonly
+    views = frames.slice_frames(buffer, lengths)
+    assert [v.nbytes for v in views] == lengths
+    assert frames._address(views[2]) % frames.ALIGNMENT == 0
 
 
 def test_frames_over_c_int_max_are_chunked(monkeypatch):
