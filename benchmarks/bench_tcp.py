@@ -73,7 +73,8 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> None:
 
 def _raw_server(ready) -> None:
     server = socket.create_server(("127.0.0.1", 0))
-    ready.send("raw://%s:%d" % server.getsockname())
+    host, port = server.getsockname()
+    ready.send(f"raw://{host}:{port}")
     while True:
         conn, _ = server.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -155,7 +155,8 @@ def test_malformed_heads(head, match):
 
 
 def test_limits_from_settings():
-    with config.set({"distributed.comm.max-frames": 7, "distributed.comm.max-message-size": "1 MiB"}):
+    settings = {"distributed.comm.max-frames": 7, "distributed.comm.max-message-size": "1 MiB"}
+    with config.set(settings):
         limits = Limits.from_config()
     assert (limits.max_frames, limits.max_message_size) == (7, 2**20)
 
