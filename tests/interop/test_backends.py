@@ -242,6 +242,28 @@ async def test_offloads_where_distributed_does(size):
     assert (ours["where"] == "MainThread") == (size < 2**20)
 
 
+@pytest.mark.parametrize("listen_scheme, connect_scheme", [("dc+tcp", "tcp"), ("tcp", "dc+tcp")])
+async def test_same_bytes_as_stock_tcp_on_the_wire(listen_scheme, connect_scheme):
+    """dc+tcp differs from tcp only in the process: each end can be either."""
+    accepted: asyncio.Queue = asyncio.Queue()
+    data = np.arange(3_000_000, dtype="i4")  # large enough to travel outside the head
+    async with listen(f"{listen_scheme}://127.0.0.1:0", accepted.put) as listener:
+        port = listener.contact_address.rsplit(":", 1)[1]
+        client = await connect(f"{connect_scheme}://127.0.0.1:{port}", timeout=5)
+        server = await asyncio.wait_for(accepted.get(), 5)
+        try:
+            await client.write({"op": "ping", "data": to_serialize(data)})
+            got = await server.read()
+            await server.write({"op": "pong", "back": to_serialize(got["data"][::-1])})
+            back = await client.read()
+        finally:
+            await client.close()
+            await server.close()
+    assert got["op"] == "ping"
+    np.testing.assert_array_equal(got["data"], data)
+    np.testing.assert_array_equal(back["back"], data[::-1])
+
+
 # -- failures raise what distributed catches -----------------------------------------------------
 
 
