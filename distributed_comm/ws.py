@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from tornado import netutil, web
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httpserver import HTTPServer
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import (
     WebSocketClientConnection,
     WebSocketClosedError,
@@ -45,6 +45,7 @@ from distributed_comm.tcp import (
     _location,
     _NumericFirstResolver,
     _RequireEncryption,
+    set_tcp_timeout,
 )
 
 logger = logging.getLogger(__name__)
@@ -115,9 +116,27 @@ class _Inbox:
         self.queue.put_nowait(reason)
 
 
+def _queued(sent: asyncio.Future) -> None:
+    """Leave a websocket write to the stream, as the TCP comm does.
+
+    Not waiting for the flush keeps a writer from blocking on a peer that
+    reads only after the write returns; the error of a write the stream
+    could not finish (the comm then closes) is collected here.
+    """
+    sent.add_done_callback(_collect_error)
+
+
+def _collect_error(sent: asyncio.Future) -> None:
+    if not sent.cancelled():
+        sent.exception()
+
+
 def _close_dangling(sock: Socket, description: str) -> None:
     logger.warning("closing dangling websocket in %s", description)
-    sock.close()
+    try:
+        sock.close()
+    except RuntimeError:  # its event loop is gone (shutdown): the socket goes with the process
+        pass
 
 
 class WS(CodecComm):
@@ -128,17 +147,21 @@ class WS(CodecComm):
     def __init__(
         self,
         sock: Socket,
+        stream: IOStream,
         inbox: _Inbox,
         local_addr: str,
         peer_addr: str,
         deserialize: bool = True,
         codec: Codec | None = None,
-        extra_info: dict | None = None,
     ):
         super().__init__(local_addr, peer_addr, deserialize, codec)
         self.sock = sock
         self._inbox = inbox
-        self._extra.update(extra_info or {})
+        # A comm message is several websocket writes: Nagle would hold all but the first.
+        stream.set_nodelay(True)
+        timeout = config.parse_timedelta(config.get("distributed.comm.timeouts.tcp"))
+        set_tcp_timeout(stream.socket, timeout or 0)
+        self._extra.update(_tls_info(stream.socket))
         self.max_shard_size = config.parse_bytes(config.get("distributed.comm.websockets.shard"))
         self._finalizer = weakref.finalize(self, _close_dangling, sock, repr(self))
         self._finalizer.atexit = False
@@ -182,25 +205,19 @@ class WS(CodecComm):
         )
         sock = self._sock_or_raise()
         total = 0
-        sent = []
         try:
-            sent.append(sock.write_message(frames.U64.pack(len(msg_frames)), binary=True))
+            _queued(sock.write_message(frames.U64.pack(len(msg_frames)), binary=True))
             for frame in msg_frames:
                 data = frame if type(frame) is bytes else bytes(frame)  # tornado takes bytes only
-                sent.append(sock.write_message(data, binary=True))
+                _queued(sock.write_message(data, binary=True))
                 total += len(data)
-            # All queued in order; gather also collects the errors of the rest.
-            await asyncio.gather(*sent)
         except (WebSocketClosedError, StreamClosedError) as exc:
             self.abort()
             raise _closed_error(self, exc) from exc
-        except BaseException:
-            self.abort()  # part of the message may be out: the socket can't carry another
-            raise
         return total
 
     async def close(self) -> None:
-        """Close the websocket (writes were flushed when ``write`` returned)."""
+        """Close the websocket; tornado sends the close after the queued writes."""
         self.abort()
 
     def abort(self) -> None:
@@ -231,7 +248,7 @@ class _Handler(WebSocketHandler):
     def open(self) -> None:
         # Messages are delivered only once this returns: the handshake runs as a task.
         self.inbox = _Inbox(self.listener.limits)
-        self.listener.accept(self, self.inbox, self.ws_connection.stream.socket)
+        self.listener.accept(self, self.inbox, self.ws_connection.stream)
 
     def on_message(self, message: str | bytes) -> None:
         self.inbox.feed(message)
@@ -258,16 +275,16 @@ class WSListener(TCPListener):
         )
         return HTTPServer(app, max_buffer_size=_MAX_BUFFER_SIZE, **self.server_args)
 
-    def accept(self, sock: _Handler, inbox: _Inbox, raw: Any) -> None:
+    def accept(self, sock: _Handler, inbox: _Inbox, stream: IOStream) -> None:
         """Make the comm of a new websocket and start its handshake."""
         comm = WS(
             sock,
+            stream,
             inbox,
-            self.prefix + _location(raw.getsockname()),
-            self.prefix + _location(raw.getpeername()),
+            self.prefix + _location(stream.socket.getsockname()),
+            self.prefix + _location(stream.socket.getpeername()),
             self.deserialize,
             codec=self.codec,
-            extra_info=_tls_info(raw),
         )
         task = asyncio.ensure_future(self._serve(comm))
         self._tasks.add(task)
@@ -336,12 +353,12 @@ class WSConnector(Connector, _RequireEncryption):
         stream.max_buffer_size = _MAX_BUFFER_SIZE
         return WS(
             sock,
+            stream,
             inbox,
             self.prefix + _location(stream.socket.getsockname()),
             self.prefix + address,
             deserialize,
             codec=self.codec,
-            extra_info=_tls_info(stream.socket),
         )
 
 
