@@ -72,11 +72,11 @@ def _both(exc: core.CommClosedError) -> CommClosedError:
 class _StockComm:
     """What turns one of our stream comms into a distributed comm.
 
-    Settings that shape the wire (shard size) or the socket come from
-    ``dask.config``, read once per comm, as distributed's own comms do.
+    The shard size (it shapes the frames) and the TCP timeout come from
+    ``dask.config``, where a dask deployment sets them, read once per comm.
     """
 
-    # distributed's: it negotiates compression from dask.config.
+    # distributed's own: it offers the compression dask.config asks for.
     handshake_info = _stock_core.Comm.handshake_info
 
     def __init__(self, *args: Any, **kwargs: Any):
