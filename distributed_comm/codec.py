@@ -6,16 +6,17 @@ A codec is any object with the two functions of ``distributed.protocol``:
 - ``loads(frames, *, deserialize, deserializers) -> msg``
 
 so both :mod:`distributed_comm.protocol` (the default) and the stock
-``distributed.protocol`` module plug in as they are. Both functions are
+``distributed.protocol`` module plug in as they are. Refusing pickles from
+untrusted peers is a codec choice too: see :func:`default_codec`. Both functions are
 synchronous: the comm decides whether to run them on its offload thread.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["Codec", "default_codec", "rough_nbytes"]
 
@@ -39,11 +40,20 @@ class Codec(Protocol):
     ) -> Any: ...
 
 
-def default_codec() -> Codec:
-    """:mod:`distributed_comm.protocol`, imported when the first comm is made."""
+def default_codec(allow_pickle: bool = True) -> Codec:
+    """:mod:`distributed_comm.protocol`, imported when the first comm is made;
+    with ``allow_pickle=False`` its variant whose ``loads`` refuses pickles
+    (``protocol.loads_untrusted``), for peers that must not run code here."""
     from distributed_comm import protocol
 
-    return protocol
+    if allow_pickle:
+        return protocol
+    return _Untrusted(protocol.dumps, protocol.loads_untrusted)
+
+
+class _Untrusted(NamedTuple):
+    dumps: Callable[..., list]
+    loads: Callable[..., Any]
 
 
 # How many items of a container :func:`rough_nbytes` looks at, and how deep.

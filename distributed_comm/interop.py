@@ -78,6 +78,8 @@ class _StockComm:
 
     # distributed's own: it offers the compression dask.config asks for.
     handshake_info = _stock_core.Comm.handshake_info
+    # distributed's from_frames decodes: it cannot refuse pickles (allow_pickle=False).
+    decodes_with_codec = False
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

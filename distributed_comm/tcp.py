@@ -158,6 +158,19 @@ class CodecComm(Comm):
     """
 
     max_shard_size: int
+    #: False in subclasses whose ``_from_frames`` bypasses :attr:`codec`.
+    decodes_with_codec: ClassVar[bool] = True
+
+    @classmethod
+    def check_can_refuse_pickles(cls, codec: Codec | None) -> None:
+        """``ValueError`` unless comms of this class with *codec* can honour
+        ``allow_pickle=False`` (only our own protocol knows how)."""
+        if codec is not None or not cls.decodes_with_codec:
+            raise ValueError(
+                f"allow_pickle=False needs distributed_comm's own protocol; {cls.__name__} "
+                f"comms decode with {codec or 'their own serialization'}, which cannot "
+                "refuse pickles"
+            )
 
     def __init__(
         self,
@@ -165,12 +178,19 @@ class CodecComm(Comm):
         peer_addr: str,
         deserialize: bool = True,
         codec: Codec | None = None,
+        allow_pickle: bool | None = None,
     ):
         self._closed = False
         super().__init__(deserialize=deserialize)
         self._local_addr = local_addr
         self._peer_addr = peer_addr
-        self.codec = codec if codec is not None else default_codec()
+        if allow_pickle is None:
+            allow_pickle = config.get("distributed.comm.allow-pickle")
+        #: False: messages carrying pickles are refused (``PickleNotAllowedError``).
+        self.allow_pickle = bool(allow_pickle)
+        if not self.allow_pickle:
+            self.check_can_refuse_pickles(codec)
+        self.codec = codec if codec is not None else default_codec(self.allow_pickle)
         self.max_shard_size = config.parse_bytes(config.get("distributed.comm.shard"))
         self._offload_threshold = config.parse_bytes(config.get("distributed.comm.offload") or 0)
         self._limits = frames.Limits.from_config()
@@ -232,8 +252,9 @@ class TCP(CodecComm):
         peer_addr: str,
         deserialize: bool = True,
         codec: Codec | None = None,
+        allow_pickle: bool | None = None,
     ):
-        super().__init__(local_addr, peer_addr, deserialize, codec)
+        super().__init__(local_addr, peer_addr, deserialize, codec, allow_pickle)
         self.stream = stream
         self._finalizer = weakref.finalize(self, _close_dangling, stream, repr(self))
         self._finalizer.atexit = False
@@ -259,6 +280,14 @@ class TCP(CodecComm):
         return _closed_error(self, exc)
 
     async def read(self, deserializers=None) -> Any:
+        """The next message.
+
+        A peer breaking the framing or the limits, or going away, aborts the
+        comm (``CommClosedError``). A message that arrived whole but does not
+        decode (malformed, or a pickle when ``allow_pickle=False``) raises the
+        codec's error instead (see ``protocol.loads``): only that message is
+        lost, the stream is still in step and the comm stays usable.
+        """
         stream = self._stream_or_raise()
         try:
             msg_frames, size = await self._read_frames(stream)
@@ -271,11 +300,7 @@ class TCP(CodecComm):
             # Interrupted mid-message: where the next message starts is unknown.
             self.abort()
             raise
-        try:
-            return await self._from_frames(msg_frames, size, deserializers)
-        except EOFError as exc:
-            self.abort()
-            raise CommClosedError(f"in {self!r}: truncated message") from exc
+        return await self._from_frames(msg_frames, size, deserializers)
 
     async def _read_frames(self, stream: IOStream) -> tuple[list, int]:
         """One message's frames and their total size, allocating only what the limits allow."""
@@ -444,9 +469,18 @@ class TCPConnector(Connector, _RequireEncryption):
             ) from exc
         except StreamClosedError as exc:
             raise _closed_error(self.prefix + address, exc) from exc
-        return self.comm_class(
-            stream, local_address, self.prefix + address, deserialize, codec=self.codec
-        )
+        try:
+            return self.comm_class(
+                stream,
+                local_address,
+                self.prefix + address,
+                deserialize,
+                codec=self.codec,
+                allow_pickle=connection_args.get("allow_pickle"),
+            )
+        except BaseException:
+            stream.close()
+            raise
 
     async def _open_stream(self, address: str, connection_args: dict) -> IOStream:
         """A connected stream to *address* (unix overrides this)."""
@@ -504,6 +538,7 @@ class TCPListener(BaseListener, _RequireEncryption):
         allow_offload: bool = True,
         default_host: str | None = None,
         default_port: int = 0,
+        allow_pickle: bool | None = None,
         **connection_args: Any,
     ):
         super().__init__()
@@ -512,6 +547,12 @@ class TCPListener(BaseListener, _RequireEncryption):
         self.comm_handler = comm_handler
         self.deserialize = deserialize
         self.allow_offload = allow_offload
+        if allow_pickle is None:
+            allow_pickle = config.get("distributed.comm.allow-pickle")
+        #: Whether peers may send pickles; False for untrusted clients.
+        self.allow_pickle = bool(allow_pickle)
+        if not self.allow_pickle:
+            self.comm_class.check_can_refuse_pickles(self.codec)
         self.default_host = default_host
         self.server_args = self._server_args(connection_args)
         self.tcp_server: TCPServer | None = None
@@ -560,7 +601,9 @@ class TCPListener(BaseListener, _RequireEncryption):
             stream.close()
             return
         local = self.prefix + _location(stream.socket.getsockname())
-        comm = self.comm_class(stream, local, peer, self.deserialize, codec=self.codec)
+        comm = self.comm_class(
+            stream, local, peer, self.deserialize, codec=self.codec, allow_pickle=self.allow_pickle
+        )
         await self._serve(comm)
 
     async def _serve(self, comm: Comm) -> None:

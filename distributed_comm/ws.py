@@ -153,8 +153,9 @@ class WS(CodecComm):
         peer_addr: str,
         deserialize: bool = True,
         codec: Codec | None = None,
+        allow_pickle: bool | None = None,
     ):
-        super().__init__(local_addr, peer_addr, deserialize, codec)
+        super().__init__(local_addr, peer_addr, deserialize, codec, allow_pickle)
         self.sock = sock
         self._inbox = inbox
         # A comm message is several websocket writes: Nagle would hold all but the first.
@@ -184,11 +185,8 @@ class WS(CodecComm):
             self.abort()
             raise CommClosedError(f"in {self!r}: {item}")
         msg_frames, size = item
-        try:
-            return await self._from_frames(msg_frames, size, deserializers)
-        except EOFError as exc:
-            self.abort()
-            raise CommClosedError(f"in {self!r}: truncated message") from exc
+        # A whole message that does not decode loses only itself (see TCP.read).
+        return await self._from_frames(msg_frames, size, deserializers)
 
     async def write(self, msg: Any, serializers=None, on_error="message") -> int:
         self._sock_or_raise()
@@ -285,6 +283,7 @@ class WSListener(TCPListener):
             self.prefix + _location(stream.socket.getpeername()),
             self.deserialize,
             codec=self.codec,
+            allow_pickle=self.allow_pickle,
         )
         task = asyncio.ensure_future(self._serve(comm))
         self._tasks.add(task)
@@ -359,6 +358,7 @@ class WSConnector(Connector, _RequireEncryption):
             self.prefix + address,
             deserialize,
             codec=self.codec,
+            allow_pickle=connection_args.get("allow_pickle"),
         )
 
 

@@ -221,13 +221,21 @@ def _sub_frames(frames: Sequence[Any], index: int) -> tuple[dict, list[Any]]:
     if index >= len(frames):
         raise ValueError(f"message refers to frame {index} but has only {len(frames)} frames")
     header = _unpackb(frames[index], object_hook=_decode_plain, **UNPACK_OPTIONS)
+    if not isinstance(header, dict):
+        raise ValueError(f"sub-header at frame {index} is a {type(header).__name__}, not a map")
     count = header.get("num-sub-frames", 0)
+    if type(count) is not int or count < 0:
+        raise ValueError(f"sub-header at frame {index} declares {count!r} frames")
     if index + count >= len(frames):
         raise ValueError(
             f"sub-header at frame {index} needs {count} frames but only "
             f"{len(frames) - index - 1} follow"
         )
     return header, list(frames[index + 1 : index + 1 + count])
+
+
+#: What :func:`loads` raises on input it cannot or will not decode.
+LOADS_ERRORS = (ValueError, TypeError, RuntimeError)
 
 
 def loads(
@@ -237,10 +245,48 @@ def loads(
 
     Lists come back as tuples.  With ``deserialize=False`` out-of-band objects
     stay :class:`Serialized` so they can be forwarded untouched; pickled ones
-    (``ToPickle``) are always unpickled.
+    (``ToPickle``) are always unpickled (see :func:`loads_untrusted`).
+
+    Only :data:`LOADS_ERRORS` escape: ``ValueError`` for malformed frames,
+    ``TypeError`` for content refused or not understood here (a pickle when
+    none is allowed, an unknown serializer, a peer's "could not serialize"
+    report), ``RuntimeError`` for an Enum from a module not in
+    ``distributed.scheduler.allowed-imports``.  Anything else raised while
+    decoding (say, by a peer's pickle) becomes a ``ValueError`` chained to it;
+    ``MemoryError`` passes through.
     """
-    if len(frames) == 1:
-        return _unpackb(frames[0], object_hook=_decode_plain, **UNPACK_OPTIONS)
+    try:
+        if len(frames) == 1:
+            return _unpackb(frames[0], object_hook=_decode_plain, **UNPACK_OPTIONS)
+        return _loads_out_of_band(frames, deserialize, deserializers)
+    except (*LOADS_ERRORS, MemoryError):
+        raise
+    except Exception as exc:
+        raise ValueError(
+            f"could not decode a message of {len(frames)} frames: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def loads_untrusted(
+    frames: Sequence[Any], deserialize: bool = True, deserializers: Iterable[str] | None = None
+) -> Any:
+    """:func:`loads` for a peer that must not run code here: any pickle,
+    cloudpickle or ``type-serialized`` payload raises
+    :class:`~.pickle.PickleNotAllowedError` (a ``TypeError``) unopened.
+
+    Plain msgpack, sets, allow-listed Enums and ``Serialized`` objects kept
+    as they are (``deserialize=False``) still decode.
+    """
+    with pickle.refused():
+        return loads(frames, deserialize, deserializers)
+
+
+def _loads_out_of_band(
+    frames: Sequence[Any], deserialize: bool, deserializers: Iterable[str] | None
+) -> Any:
+    """:func:`loads` for a message whose body refers to other frames."""
+    if not frames:
+        raise ValueError("a message has at least one frame; got none")
 
     def decode(obj: dict) -> Any:
         index = obj.get("__Serialized__", 0)

@@ -9,14 +9,36 @@ registered for pickling by value).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import cloudpickle
 
 HIGHEST_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class PickleNotAllowedError(TypeError):
+    """A message carried a pickle, but its comm was opened with ``allow_pickle=False``."""
+
+
+# Whether the message being decoded may unpickle: a context variable, so a
+# refusal set by ``protocol.loads`` covers every unpickle it leads to (pickle
+# family, ``__Pickled__``, ``type-serialized``, numpy dtypes...) and nothing else.
+_allowed: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_pickle", default=True)
+
+
+@contextlib.contextmanager
+def refused() -> Iterator[None]:
+    """Make :func:`loads` refuse every payload for the duration of the block."""
+    token = _allowed.set(False)
+    try:
+        yield
+    finally:
+        _allowed.reset(token)
 
 
 def _needs_cloudpickle(x: Any, result: bytes) -> bool:
@@ -57,6 +79,12 @@ def loads(data: Any, *, buffers: Iterable[Any] = ()) -> Any:
     """Unpickle *data* with its out-of-band *buffers*.
 
     Every pickle payload received from a peer is loaded here and nowhere else,
-    so a policy on whether peers may send pickles has exactly one place to live.
+    so the policy on whether peers may send pickles lives here: inside
+    :func:`refused` nothing is unpickled (unpickling runs the sender's code).
     """
+    if not _allowed.get():
+        raise PickleNotAllowedError(
+            "refusing to unpickle a payload from the peer: this comm accepts no "
+            "pickles (allow_pickle=False / distributed.comm.allow-pickle)"
+        )
     return pickle.loads(data, buffers=buffers)
