@@ -211,6 +211,8 @@ class Limits:
         *head_size* bytes holds. Counts and sizes are checked against the
         limits before anyone allocates for them.
         """
+        if len(prelude) < U64.size:
+            raise ValueError(f"message head of {len(prelude)} bytes has no frame count")
         (count,) = U64.unpack_from(prelude)
         self.check_count(count, head_size)
         start = U64.size * (count + 1)
