@@ -54,10 +54,13 @@ def check_path(path: str) -> str:
 def _is_live(path: str) -> bool:
     """Whether a listener answers on the socket file *path* (a stale one refuses)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)  # a busy listener's full backlog must not block us
         try:
             probe.connect(path)
         except (ConnectionRefusedError, FileNotFoundError):
             return False
+        except BlockingIOError:
+            pass  # backlog full: alive, just busy
     return True
 
 

@@ -104,6 +104,28 @@ async def test_live_socket_file_is_refused_and_left_working(tmp_path):
         assert await round_trip(first.contact_address) == "ping"
 
 
+async def test_live_but_busy_listener_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "busy.sock"
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(str(path))
+    busy.listen(0)  # never accepts: its backlog fills up
+    waiting = []
+    try:
+        while True:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            waiting.append(client)
+            try:
+                client.connect(str(path))
+            except BlockingIOError:
+                break
+        with pytest.raises(OSError, match="live listener"):
+            await dc.listen(f"unix://{path}", echo).start()
+    finally:
+        for sock in [busy, *waiting]:
+            sock.close()
+
+
 async def test_other_file_at_the_path_is_refused_untouched(tmp_path):
     path = tmp_path / "data.txt"
     path.write_text("precious")
