@@ -8,6 +8,9 @@ websocket message per frame. Frames are made by the comm's codec and split at
 
 Tornado delivers websocket messages by callback; an :class:`_Inbox` per
 connection reassembles them into comm messages, checking the limits first.
+Tornado reads eagerly, so messages wait in memory until the comm reads them
+(as on distributed's ws server); ``max-message-size`` bounds each one.
+Not supported: distributed's sharing of the dashboard's HTTP server port.
 """
 
 from __future__ import annotations
