@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 
@@ -12,7 +13,7 @@ from benchmarks.runner import run
 from distributed_comm.config import parse_bytes
 
 _QUICK = Plan(sizes=QUICK_SIZES, repeat=1, seconds=0.02, concurrency=10)
-_FULL = Plan(sizes=FULL_SIZES, repeat=5, seconds=0.25)
+_FULL = Plan(sizes=FULL_SIZES, repeat=5, seconds=0.25, opt_in=True)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -77,11 +78,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
         seconds=args.seconds or base.seconds,
         concurrency=base.concurrency,
         transports=args.only,
+        opt_in=base.opt_in,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print('error: --plot needs matplotlib: pip install -e ".[bench]"', file=sys.stderr)
+        return 2
     plan = make_plan(args)
     sizes = ", ".join(format_size(size) for size in plan.sizes)
     print(f"Benchmarking on loopback: payloads {sizes}; {plan.repeat} run(s) ...", file=sys.stderr)

@@ -14,12 +14,19 @@ import inspect
 from typing import Any, Protocol
 
 from benchmarks import tlscerts, workloads
-from benchmarks.plan import SECURE
+from benchmarks.plan import IN_PROCESS, SECURE
+from distributed_comm.addressing import (
+    parse_address,
+    parse_host_port,
+    unparse_address,
+    unparse_host_port,
+)
 
 
 class Implementation(Protocol):
-    name: str  # short key used in JSON and --only
+    name: str  # short key used in JSON
     label: str  # column header
+    is_comm_module: bool  # False for the byte-level baselines
 
     def missing(self) -> str | None:
         """Why this implementation cannot run here at all (``None``: it can)."""
@@ -46,7 +53,20 @@ def run_on(loop: asyncio.AbstractEventLoop, coroutine) -> Any:
     return loop.run_until_complete(coroutine)
 
 
+def _on_loopback(contact: str, requested: str) -> str:
+    """*contact* with the host we listened on: distributed's ``ws://`` listener binds
+    every interface and names the machine's public IP, which we must not use."""
+    scheme, location = parse_address(contact)
+    _, requested_location = parse_address(requested)
+    if scheme in IN_PROCESS or scheme == "unix":
+        return contact
+    host = parse_host_port(requested_location)[0]
+    return unparse_address(scheme, unparse_host_port(host, parse_host_port(location)[1]))
+
+
 class CommImplementation:
+    is_comm_module = True
+
     def __init__(self, name: str, label: str):
         self.name, self.label = name, label
         self._listeners: list = []  # keep listeners alive (inproc holds them weakly)
@@ -65,7 +85,7 @@ class CommImplementation:
         api = workloads.CommAPI.load(self.name)
         listener = run_on(loop, workloads.start_listener(api, address, args))
         self._listeners.append(listener)
-        return listener.contact_address
+        return _on_loopback(listener.contact_address, address)
 
     def client(self, transport, address, tls, loop) -> workloads.Client:
         args = {"ssl_context": tlscerts.client_context(tls)} if transport in SECURE else {}
@@ -80,6 +100,8 @@ class CommImplementation:
 
 
 class BaselineImplementation:
+    is_comm_module = False
+
     def __init__(self, name: str, label: str, module: str, client_class: str, requires: str):
         self.name, self.label = name, label
         self._module, self._client_class, self._requires = module, client_class, requires

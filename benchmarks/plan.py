@@ -21,6 +21,7 @@ TRANSPORTS: dict[str, str] = {
     "ws": "ws://127.0.0.1:0",
     "wss": "wss://127.0.0.1:0",
 }
+OPT_IN = frozenset({"ws", "wss"})  # slow to run; only with --only or --full
 SECURE = frozenset({"tls", "wss"})  # need certificates (ssl_context=...)
 IN_PROCESS = frozenset({"inproc"})  # both ends live here; no peer process
 KINDS = ("bytes", "numpy")
@@ -51,7 +52,8 @@ class Plan:
     repeat: int = 3
     seconds: float = 0.1  # time box of each timed measurement
     concurrency: int = 100  # comms in the "concurrent" workload
-    transports: tuple[str, ...] | None = None  # None: every transport ours has
+    transports: tuple[str, ...] | None = None  # None: every transport ours has...
+    opt_in: bool = False  # ...including those in OPT_IN
     kinds: tuple[str, ...] = field(default=KINDS)
 
     def points(self) -> Iterator[Point]:

@@ -1,4 +1,4 @@
-"""A one-line progress bar on stderr (only when stderr is a terminal)."""
+"""Progress on stderr: a redrawn bar on a terminal, a line per tenth otherwise (logs, CI)."""
 
 from __future__ import annotations
 
@@ -6,28 +6,33 @@ import sys
 import time
 from typing import TextIO
 
+_WIDTH = 110
+
 
 class Progress:
-    def __init__(self, total: int, stream: TextIO = sys.stderr, width: int = 30):
-        self._total, self._stream, self._width = max(total, 1), stream, width
+    def __init__(self, total: int, stream: TextIO = sys.stderr, bar: int = 30):
+        self._total, self._stream, self._bar = max(total, 1), stream, bar
         self._done = 0
         self._start = time.monotonic()
-        self._enabled = stream.isatty()
+        self._terminal = stream.isatty()
 
     def step(self, label: str) -> None:
+        before = 10 * self._done // self._total
         self._done += 1
-        if not self._enabled:
-            return
         fraction = self._done / self._total
-        filled = int(self._width * fraction)
         elapsed = time.monotonic() - self._start
-        left = elapsed / fraction - elapsed
-        bar = "#" * filled + "." * (self._width - filled)
-        line = f"[{bar}] {self._done}/{self._total} {elapsed:4.0f}s, ~{left:3.0f}s left  {label}"
-        self._stream.write("\r" + line[:110].ljust(110))
+        if self._terminal:
+            filled = "#" * int(self._bar * fraction)
+            line = (
+                f"[{filled.ljust(self._bar, '.')}] {self._done}/{self._total} "
+                f"{elapsed:3.0f}s, ~{elapsed / fraction - elapsed:3.0f}s left  {label}"
+            )
+            self._stream.write("\r" + line[:_WIDTH].ljust(_WIDTH))
+        elif 10 * self._done // self._total > before:
+            self._stream.write(f"{100 * fraction:3.0f}% done ({elapsed:.0f} s)\n")
         self._stream.flush()
 
     def finish(self) -> None:
-        if self._enabled:
-            self._stream.write("\r" + " " * 110 + "\r")
+        if self._terminal:
+            self._stream.write("\r" + " " * _WIDTH + "\r")
             self._stream.flush()

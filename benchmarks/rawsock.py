@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import numpy
 
 from benchmarks import tlscerts
-from benchmarks.workloads import ACK_FRAME, DATA, DATA_ACK, PING_FRAME, TIMEOUT, is_last
+from benchmarks.workloads import ACK_FRAME, DATA, DATA_ACK, PING_FRAME, TIMEOUT, burst_throughput
 from distributed_comm.frames import U64, nbytes, pack_frames_prelude
 
 TRANSPORTS = ("tcp", "tls", "unix")
@@ -115,20 +115,17 @@ class RawClient:
         return count / spent
 
     def throughput(self, payload: Any, seconds: float) -> float:
-        sock = self._main.sock
-        sent = 0
+        return burst_throughput(lambda count: self._burst(payload, count), nbytes(payload), seconds)
+
+    def _burst(self, payload: Any, count: int) -> float:
         start = time.perf_counter()
-        while True:
-            last = is_last(sent, time.perf_counter() - start, seconds)
-            send_message(sock, DATA_ACK if last else DATA, payload)
-            sent += 1
-            if last:
-                break
-        reply = recv_message(self._main.reader)
+        for i in range(1, count + 1):
+            send_message(self._main.sock, DATA_ACK if i == count else DATA, payload)
+        reply = recv_message(self._main.reader)[0].tobytes()
         elapsed = time.perf_counter() - start
-        if reply[0].tobytes() != ACK_FRAME:
-            raise RuntimeError(f"expected an ack from the raw server, got {reply[0].tobytes()!r}")
-        return sent * nbytes(payload) / elapsed
+        if reply != ACK_FRAME:
+            raise RuntimeError(f"expected an ack from the raw server, got {reply!r}")
+        return elapsed
 
     def close(self) -> None:
         for connection in [self._main, *self._crowd]:

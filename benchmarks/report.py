@@ -68,7 +68,7 @@ def _format(result: Result) -> str:
         return f"+{value / MiB:.1f} MiB"
     if result.workload == "throughput":
         value /= MiB
-        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
     return f"{value:,.0f}"
 
 

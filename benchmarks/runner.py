@@ -24,7 +24,7 @@ from benchmarks import tlscerts
 from benchmarks.impls import IMPLEMENTATIONS, Implementation
 from benchmarks.memory import PeakMeter
 from benchmarks.peers import Peer
-from benchmarks.plan import IN_PROCESS, TRANSPORTS, Plan, Point
+from benchmarks.plan import IN_PROCESS, OPT_IN, TRANSPORTS, Plan, Point
 from benchmarks.progress import Progress
 from benchmarks.workloads import Client, make_payload
 
@@ -92,13 +92,14 @@ class Run:
 
 
 def choose_transports(plan: Plan) -> list[str]:
-    """``--only`` as given, else every transport ours has a backend for."""
+    """``--only`` as given, else every transport ours has a backend for (opt-in ones if asked)."""
     if plan.transports is not None:
         unknown = sorted(set(plan.transports) - set(TRANSPORTS))
         if unknown:
             raise ValueError(f"unknown transport(s) {unknown}; known: {sorted(TRANSPORTS)}")
         return list(plan.transports)
-    return [t for t in TRANSPORTS if IMPLEMENTATIONS["ours"].supports(t)]
+    ours = IMPLEMENTATIONS["ours"]
+    return [t for t in TRANSPORTS if ours.supports(t) and (plan.opt_in or t not in OPT_IN)]
 
 
 def run(plan: Plan, progress_stream: TextIO = sys.stderr) -> Run:
@@ -134,13 +135,13 @@ def _start(run: Run, tls, tmp: str, loop, peers: list[Peer]) -> list[Target]:
     for impl in IMPLEMENTATIONS.values():
         missing = impl.missing()
         if missing:
-            for transport in run.transports:
-                run.skip(impl.name, transport, missing)
+            run.skip(impl.name, "*", missing)
             continue
         remote = {}
         for transport in run.transports:
             if not impl.supports(transport):
-                run.skip(impl.name, transport, f"no {transport} backend")
+                if impl.is_comm_module:  # baselines only exist for some transports
+                    run.skip(impl.name, transport, f"no {transport} backend")
                 continue
             address = TRANSPORTS[transport].format(dir=tmp, impl=impl.name)
             if transport not in IN_PROCESS:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -48,15 +50,29 @@ def make_payload(kind: str, size: int) -> Any:
     return data.tobytes() if kind == "bytes" else data
 
 
-def is_last(sent: int, elapsed: float, seconds: float) -> bool:
-    """Whether the next message of a burst ends it (asks for the ack).
+def next_burst(count: int, elapsed: float, seconds: float) -> int | None:
+    """How many messages the next burst sends, or ``None`` when this burst is the result.
 
-    The burst runs for about *seconds*: it ends once one more message at the
-    pace so far would reach the time box; ``seconds <= 0`` sends exactly one.
+    A burst is timed from its first write until the server acknowledges its
+    last message, so writes that return before the data left (pyzmq queues,
+    buffered streams) cannot inflate the number.  A burst that filled at least
+    half the time box is reported; otherwise the next one is sized from this
+    one's pace to fill the box (``seconds <= 0``: one message, reported).
     """
-    if sent == 0:
-        return seconds <= 0
-    return elapsed * (sent + 1) / sent >= seconds
+    if elapsed >= seconds / 2:
+        return None
+    return max(count + 1, min(count * 100, math.ceil(count * seconds / max(elapsed, 1e-9))))
+
+
+def burst_throughput(burst: Callable[[int], float], size: int, seconds: float) -> float:
+    """Bytes/s of the first burst long enough to report; ``burst(n)`` sends *n*, returns seconds."""
+    count = 1
+    while True:
+        elapsed = burst(count)
+        following = next_burst(count, elapsed, seconds)
+        if following is None:
+            return count * size / elapsed
+        count = following
 
 
 class Client(Protocol):
@@ -159,23 +175,20 @@ class CommClient:
         return count / spent
 
     def throughput(self, payload: Any, seconds: float) -> float:
-        return self._run(self._throughput(payload, seconds))
+        return burst_throughput(
+            lambda count: self._run(self._burst(payload, count)), nbytes(payload), seconds
+        )
 
-    async def _throughput(self, payload: Any, seconds: float) -> float:
+    async def _burst(self, payload: Any, count: int) -> float:
         comm, to_serialize = self._comm, self._api.to_serialize
-        sent = 0
         start = time.perf_counter()
-        while True:
-            last = is_last(sent, time.perf_counter() - start, seconds)
-            await comm.write({"op": "data", "ack": last, "payload": to_serialize(payload)})
-            sent += 1
-            if last:
-                break
+        for i in range(1, count + 1):
+            await comm.write({"op": "data", "ack": i == count, "payload": to_serialize(payload)})
         reply = await comm.read()
         elapsed = time.perf_counter() - start
         if reply != ACK:
             raise RuntimeError(f"expected {ACK} from the server, got {reply!r}")
-        return sent * nbytes(payload) / elapsed
+        return elapsed
 
     def close(self) -> None:
         for comm in [self._comm, *self._crowd]:

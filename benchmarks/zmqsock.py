@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from benchmarks.workloads import ACK_FRAME, DATA, DATA_ACK, PING_FRAME, TIMEOUT, is_last
+from benchmarks.workloads import ACK_FRAME, DATA, DATA_ACK, PING_FRAME, TIMEOUT, burst_throughput
 from distributed_comm.frames import nbytes
 
 TRANSPORTS = ("tcp", "unix")
@@ -63,20 +63,17 @@ class ZMQClient:
         return count / spent
 
     def throughput(self, payload: Any, seconds: float) -> float:
-        sock = self._main
-        sent = 0
+        return burst_throughput(lambda count: self._burst(payload, count), nbytes(payload), seconds)
+
+    def _burst(self, payload: Any, count: int) -> float:
         start = time.perf_counter()
-        while True:
-            last = is_last(sent, time.perf_counter() - start, seconds)
-            sock.send_multipart([DATA_ACK if last else DATA, payload], copy=False)
-            sent += 1
-            if last:
-                break
-        reply = sock.recv()
+        for i in range(1, count + 1):
+            self._main.send_multipart([DATA_ACK if i == count else DATA, payload], copy=False)
+        reply = self._main.recv()
         elapsed = time.perf_counter() - start
         if reply != ACK_FRAME:
             raise RuntimeError(f"expected an ack from the zmq server, got {reply!r}")
-        return sent * nbytes(payload) / elapsed
+        return elapsed
 
     def close(self) -> None:
         for sock in [self._main, *self._crowd]:
