@@ -55,6 +55,9 @@ __all__ = ["CodecComm", "TCP", "TLS", "TCPConnector", "TLSConnector", "TCPListen
 _MAX_BUFFER_SIZE = frames.C_INT_MAX + 1
 
 _INET = (socket.AF_INET, socket.AF_INET6)
+#: TLS handshake errors that Tornado's IOStream logs by itself, and where.
+_TORNADO_LOGS = (ssl.SSL_ERROR_SSL, ssl.SSL_ERROR_SYSCALL)
+_tornado_log = logging.getLogger("tornado.general")
 _KEEPALIVE_PROBES = 10
 
 _offload_executor: ThreadPoolExecutor | None = None
@@ -653,11 +656,20 @@ class TLSListener(TCPListener):
         try:
             await stream.wait_for_handshake()
         except (OSError, StreamClosedError) as exc:
-            logger.warning(
+            cause = getattr(exc, "real_error", None) or exc
+            # Tornado warns about TLS protocol errors itself (unless silenced, as dask
+            # does): one line per peer is enough.
+            logged = (
+                isinstance(cause, ssl.SSLError)
+                and cause.args[0] in _TORNADO_LOGS
+                and _tornado_log.isEnabledFor(logging.WARNING)
+            )
+            logger.log(
+                logging.DEBUG if logged else logging.WARNING,
                 "listener on %r: TLS handshake with %r failed: %s",
                 self.listen_address if self.bound_address else self.prefix,
                 peer,
-                getattr(exc, "real_error", None) or exc,
+                cause,
             )
             stream.close()
             return False

@@ -259,6 +259,8 @@ def loads(
         if len(frames) == 1:
             return _unpackb(frames[0], object_hook=_decode_plain, **UNPACK_OPTIONS)
         return _loads_out_of_band(frames, deserialize, deserializers)
+    except msgpack.UnpackException as exc:  # some carry no message at all
+        raise ValueError(f"malformed msgpack: {type(exc).__name__} {exc}".rstrip()) from exc
     except (*LOADS_ERRORS, MemoryError):
         raise
     except Exception as exc:
