@@ -248,6 +248,7 @@ async def test_failed_tls_handshake_logs_one_line(tls_contexts, caplog, tornado_
         async with dc.listen("tls://127.0.0.1:0", echo, ssl_context=tls_contexts[0]) as listener:
             host, port = dc.get_address_host_port(listener.contact_address)
             reader, writer = await asyncio.open_connection(host, port)
+            peer_port = writer.get_extra_info("sockname")[1]
             writer.write(GARBAGE["http request"])
             await hung_up(reader)
             writer.close()
@@ -255,4 +256,4 @@ async def test_failed_tls_handshake_logs_one_line(tls_contexts, caplog, tornado_
         tornado_log.setLevel(previous)
     lines = [r for r in caplog.records if r.levelno >= logging.INFO]
     assert len(lines) == 1, caplog.text
-    assert "HTTP_REQUEST" in lines[0].getMessage() and str(port) in lines[0].getMessage()
+    assert "HTTP_REQUEST" in lines[0].getMessage() and str(peer_port) in lines[0].getMessage()
