@@ -50,7 +50,7 @@ class Point:
 class Plan:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     repeat: int = 3
-    seconds: float = 0.1  # time box of each timed measurement
+    seconds: float = 0.06  # time box of each timed measurement
     concurrency: int = 100  # comms in the "concurrent" workload
     transports: tuple[str, ...] | None = None  # None: every transport ours has...
     opt_in: bool = False  # ...including those in OPT_IN
