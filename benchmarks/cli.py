@@ -13,7 +13,7 @@ from benchmarks.runner import run
 from distributed_comm.config import parse_bytes
 
 _QUICK = Plan(sizes=QUICK_SIZES, repeat=1, seconds=0.02, concurrency=10)
-_FULL = Plan(sizes=FULL_SIZES, repeat=5, seconds=0.25, opt_in=True)
+_FULL = Plan(sizes=FULL_SIZES, repeat=3, seconds=0.1, opt_in=True)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -51,7 +51,9 @@ def parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="smoke run (< 30 s): 1 KiB and 1 MiB, 1 run"
     )
     mode.add_argument(
-        "--full", action="store_true", help="up to 1 GiB, 5 runs, longer time boxes (minutes)"
+        "--full",
+        action="store_true",
+        help="adds 1 GiB and ws/wss; 100 ms time boxes (about 10 minutes)",
     )
     p.add_argument(
         "--only", type=_csv, metavar="T1,T2", help=f"transports to run, of {', '.join(TRANSPORTS)}"
