@@ -1,11 +1,15 @@
-"""PNG of throughput against payload size, one line per implementation and transport."""
+"""PNG of throughput against payload size, one line per implementation and transport.
+
+``inproc`` is left out: it hands messages over by reference, so its "throughput"
+grows with the payload without bound and would flatten every other line.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from benchmarks.impls import IMPLEMENTATIONS
-from benchmarks.plan import MiB, format_size
+from benchmarks.plan import IN_PROCESS, MiB, format_size
 from benchmarks.runner import Run
 
 _STYLES = {"ours": "-", "distributed": "--", "raw": ":", "zmq": "-."}
@@ -19,9 +23,12 @@ def write_png(run: Run, environment: dict, path: str | Path) -> None:
 
     kinds = run.plan.kinds
     figure, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False)
-    colors = {t: f"C{i}" for i, t in enumerate(run.transports)}
+    transports = [t for t in run.transports if t not in IN_PROCESS]
+    colors = {t: f"C{i}" for i, t in enumerate(transports)}
     for axis, kind in zip(axes[0], kinds, strict=True):
         for implementation, transport in run.targets:
+            if transport not in colors:
+                continue
             points = sorted(
                 (r.size, r.median / MiB)
                 for r in run.results.values()
@@ -49,7 +56,7 @@ def write_png(run: Run, environment: dict, path: str | Path) -> None:
         axis.set_ylabel("MiB/s until the receiver has it")
         axis.set_title(f"{kind} payloads")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize="small")
+        axis.legend(fontsize="x-small", loc="lower right")
     figure.suptitle(
         f"One-way throughput on loopback, median of {run.plan.repeat} "
         f"({environment['cpus']} CPUs, {environment['date'][:10]})"
