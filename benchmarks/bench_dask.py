@@ -43,7 +43,7 @@ def _noop(i: int) -> int:
 
 def transfer(client: Client, round_: int) -> float:
     """Seconds to move PIECES arrays from one worker to the other and use them there."""
-    workers = sorted(client.scheduler_info()["workers"])
+    workers = sorted(client.ncores())
     source, target = workers if round_ % 2 else workers[::-1]
     arrays = client.map(
         np.full, [PIECE_BYTES] * PIECES, range(PIECES), dtype="u1", workers=[source], pure=False
