@@ -22,20 +22,49 @@ SAMPLE_SIZE = 10_000
 SAMPLES = 5
 MIN_RATIO = 0.7
 
-Codec = tuple[Callable[[Any], Buffer], Callable[[Any], Buffer]]
+#: ``compress(data) -> bytes`` and ``decompress(data, limit) -> buffer``; a
+#: decompressor refuses (``ValueError``) to produce more than *limit* bytes, and
+#: refuses before allocating where the format says the size up front.
+Codec = tuple[Callable[[Any], Buffer], Callable[[Any, int], Buffer]]
 
-codecs: dict[str, Codec] = {"zlib": (zlib.compress, zlib.decompress)}
+
+def _too_large(name: str, size: int | str, limit: int) -> ValueError:
+    return ValueError(
+        f"{name} frame expands to {size} bytes, over the {limit}-byte limit "
+        "(distributed.comm.max-message-size)"
+    )
+
+
+def _zlib_decompress(data: Any, limit: int) -> bytes:
+    stream = zlib.decompressobj()
+    out = stream.decompress(data, limit)
+    if stream.unconsumed_tail:
+        raise _too_large("zlib", "more than that", limit)
+    if not stream.eof:
+        raise ValueError("truncated zlib frame")
+    return out
+
+
+codecs: dict[str, Codec] = {"zlib": (zlib.compress, _zlib_decompress)}
 
 try:
     import lz4.block
 except ImportError:  # pragma: no cover - lz4 is a dependency
     pass
 else:
-    # bytearray output keeps arrays built on the decompressed frame writeable.
-    codecs["lz4"] = (
-        lz4.block.compress,
-        lambda data: lz4.block.decompress(data, return_bytearray=True),
-    )
+
+    def _lz4_decompress(data: Any, limit: int) -> bytearray:
+        """The block format starts with the decompressed size: check it first."""
+        view = byte_view(data)
+        if view.nbytes < 4:
+            raise ValueError(f"lz4 frame of {view.nbytes} bytes has no size prefix")
+        size = int.from_bytes(view[:4], "little")
+        if size > limit:
+            raise _too_large("lz4", size, limit)
+        # bytearray output keeps arrays built on the decompressed frame writeable.
+        return lz4.block.decompress(view, return_bytearray=True)
+
+    codecs["lz4"] = (lz4.block.compress, _lz4_decompress)
 
 try:
     import zstandard
@@ -48,14 +77,27 @@ else:
         threads = config.get("distributed.comm.zstd.threads")
         return zstandard.ZstdCompressor(level=level, threads=threads).compress(data)
 
-    codecs["zstd"] = (_zstd_compress, lambda data: zstandard.ZstdDecompressor().decompress(data))
+    def _zstd_decompress(data: Any, limit: int) -> bytes:
+        size = zstandard.frame_content_size(data)
+        if size > limit:
+            raise _too_large("zstd", size, limit)
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
+
+    codecs["zstd"] = (_zstd_compress, _zstd_decompress)
 
 try:
     import snappy
 except ImportError:
     pass
 else:
-    codecs["snappy"] = (snappy.compress, snappy.decompress)
+
+    def _snappy_decompress(data: Any, limit: int) -> bytes:
+        out = snappy.decompress(data)  # no size bound in its API: checked after
+        if len(out) > limit:
+            raise _too_large("snappy", len(out), limit)
+        return out
+
+    codecs["snappy"] = (snappy.compress, _snappy_decompress)
 
 
 def resolve(name: str | None | bool) -> str | None:
@@ -92,16 +134,23 @@ def maybe_compress(frame: Buffer, codec: str | None) -> tuple[str | None, Buffer
     return codec, compressed
 
 
-def decompress(names: Sequence[str | None], frames: Sequence[Buffer]) -> list[Buffer]:
-    """Undo :func:`maybe_compress` frame by frame, as listed in a header."""
+def decompress(names: Sequence[str | None], frames: Sequence[Buffer], limit: int) -> list[Buffer]:
+    """Undo :func:`maybe_compress` frame by frame, as listed in a header.
+
+    Together the frames may expand to at most *limit* bytes, so a small
+    "compression bomb" from a peer cannot make this process allocate more
+    than it would accept uncompressed.
+    """
     if len(names) != len(frames):
         raise ValueError(f"header lists {len(names)} compressions for {len(frames)} frames")
     out = []
     for name, frame in zip(names, frames, strict=True):
         if name is None:
             out.append(frame)
-        elif name in codecs:
-            out.append(codecs[name][1](frame))
-        else:
+            continue
+        if name not in codecs:
             raise ValueError(f"frame compressed with {name!r}, which is not available here")
+        frame = codecs[name][1](frame, limit)
+        limit -= nbytes(frame)
+        out.append(frame)
     return out

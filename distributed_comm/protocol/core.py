@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgpack
 
 from .. import config
+from ..frames import Limits
 from . import pickle
 from .compression import decompress, maybe_compress, resolve
 from .serialize import (
@@ -61,6 +62,7 @@ def _setting(name: str) -> Any:
         settings = _settings = {
             "shard": config.parse_bytes(config.get("distributed.comm.shard")),
             "allowed-imports": tuple(allowed),
+            "max-message-size": Limits.from_config().max_message_size,
         }
     return settings[name]
 
@@ -297,13 +299,17 @@ def _loads_out_of_band(
             if not deserialize:
                 return Serialized(header, sub_frames)
             if "compression" in header:
-                sub_frames = decompress(header["compression"], sub_frames)
+                sub_frames = decompress(
+                    header["compression"], sub_frames, _setting("max-message-size")
+                )
             return merge_and_deserialize(header, sub_frames, deserializers)
         index = obj.get("__Pickled__", 0)
         if index > 0:
             header, sub_frames = _sub_frames(frames, index)
             if "compression" in header:
-                sub_frames = decompress(header["compression"], sub_frames)
+                sub_frames = decompress(
+                    header["compression"], sub_frames, _setting("max-message-size")
+                )
             return pickle.loads(header["pickled-obj"], buffers=sub_frames)
         return _decode_plain(obj)
 
