@@ -9,6 +9,7 @@ sockets; the transports decide when to read and write.
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 from collections.abc import Sequence
 
@@ -155,6 +156,12 @@ def chunks(view: memoryview, size: int | None = None) -> list[memoryview]:
     return [view[start : start + size] for start in range(0, total, size)]
 
 
+@functools.cache
+def _total_memory() -> int:
+    """This machine's RAM; asked once (psutil reads /proc/meminfo, too slow per comm)."""
+    return psutil.virtual_memory().total
+
+
 class Limits:
     """The largest message a reader accepts, checked before any allocation.
 
@@ -178,7 +185,7 @@ class Limits:
         """``distributed.comm.max-frames`` and ``max-message-size`` ("auto" = RAM / 4)."""
         size = config.get("distributed.comm.max-message-size")
         if size == "auto":
-            size = psutil.virtual_memory().total // 4
+            size = _total_memory() // 4
         return cls(int(config.get("distributed.comm.max-frames")), config.parse_bytes(size))
 
     def __repr__(self) -> str:
