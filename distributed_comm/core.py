@@ -143,12 +143,16 @@ class Comm(ABC):
         )
 
 
-async def _handshake(comm: Comm, overrides: dict[str, Any] | None) -> None:
+async def _handshake(
+    comm: Comm, overrides: dict[str, Any] | None, budget: float = float("inf")
+) -> None:
     """Both ends write their info, then read the peer's (so neither blocks).
 
-    Bounded by ``timeouts.handshake`` so a silent peer cannot hold a slot forever.
+    Bounded by ``timeouts.handshake`` (or the caller's *budget*, if smaller) so a
+    silent peer cannot hold a slot, or a ``connect(timeout=...)``, forever.
     """
     timeout = config.parse_timedelta(config.get("distributed.comm.timeouts.handshake"))
+    timeout = min(timeout, budget)
     local_info = {**comm.handshake_info(), **(overrides or {})}
     try:
         await asyncio.wait_for(comm.write(local_info), timeout)
@@ -156,7 +160,7 @@ async def _handshake(comm: Comm, overrides: dict[str, Any] | None) -> None:
     except asyncio.TimeoutError:
         comm.abort()
         raise CommClosedError(
-            f"handshake with {comm.peer_address} timed out after {timeout} s"
+            f"handshake with {comm.peer_address} timed out after {timeout:g} s"
         ) from None
     if not isinstance(remote_info, dict):
         comm.abort()
@@ -264,10 +268,13 @@ async def connect(
     Failed attempts are retried with full-jitter exponential backoff until
     *timeout* (default ``timeouts.connect``); the first attempts are capped at a
     fifth of it so one slow attempt (a DNS hiccup) does not eat the whole budget.
+    The handshake must finish within what is left of *timeout* too.
     """
     if timeout is None:
         timeout = config.get("distributed.comm.timeouts.connect")
     timeout = config.parse_timedelta(timeout)
+    if not timeout >= 0:  # also catches NaN
+        raise ValueError(f"connect timeout must be a number of seconds >= 0, got {timeout!r}")
     scheme, loc = parse_address(addr)
     connector = registry.get_backend(scheme).get_connector()
 
@@ -295,7 +302,7 @@ async def connect(
         raise OSError(f"Timed out trying to connect to {addr} after {timeout} s") from last_error
 
     try:
-        await _handshake(comm, handshake_overrides)
+        await _handshake(comm, handshake_overrides, max(deadline - time.monotonic(), 0))
     except BaseException:
         comm.abort()
         raise

@@ -318,7 +318,8 @@ class InProcListener(BaseListener):
             if inspect.isawaitable(handled):
                 await handled
         except Exception:
-            logger.exception("handler of inproc comm %r failed", comm)
+            logger.exception("handler of inproc comm %r failed; closing the comm", comm)
+            comm.abort()
 
 
 def _settle(future: asyncio.Future, result: Any) -> None:

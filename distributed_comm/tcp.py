@@ -510,6 +510,12 @@ class TLSConnector(TCPConnector):
         return args
 
 
+def _name_address(exc: OSError, address: str) -> None:
+    """Make *exc* name *address*: the OS leaves it out of bind errors."""
+    if exc.filename is None:
+        exc.filename = address
+
+
 def _bind_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
     """Listening sockets for *host*; an ephemeral port that collides is retried.
 
@@ -577,7 +583,12 @@ class TCPListener(BaseListener, _RequireEncryption):
     async def start(self) -> None:
         server = self._make_server()
         backlog = int(config.get("distributed.comm.socket-backlog"))
-        server.add_sockets(_bind_sockets(self.ip, self.port, backlog))
+        try:
+            sockets = _bind_sockets(self.ip, self.port, backlog)
+        except OSError as exc:
+            _name_address(exc, self.prefix + unparse_host_port(self.ip, self.port))
+            raise
+        server.add_sockets(sockets)
         self.tcp_server = server
         self.bound_address = get_tcp_server_address(server)
 
@@ -620,9 +631,14 @@ class TCPListener(BaseListener, _RequireEncryption):
             comm.abort()
             return
         logger.debug("incoming connection from %r to %r", peer, self.contact_address)
-        result = self.comm_handler(comm)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = self.comm_handler(comm)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            # Otherwise the comm lingers until garbage collection and its peer hangs.
+            logger.exception("handler of %r failed; closing the comm", comm)
+            comm.abort()
 
     def get_host_port(self) -> tuple[str, int]:
         """The bound ``(host, port)``."""

@@ -27,7 +27,7 @@ from tornado.iostream import IOStream
 
 from distributed_comm import config
 from distributed_comm.registry import Backend, backends
-from distributed_comm.tcp import _MAX_BUFFER_SIZE, TCPConnector, TCPListener
+from distributed_comm.tcp import _MAX_BUFFER_SIZE, TCPConnector, TCPListener, _name_address
 from distributed_comm.utils import get_ip
 
 __all__ = ["UnixBackend", "UnixConnector", "UnixListener", "check_path"]
@@ -109,7 +109,11 @@ class UnixListener(TCPListener):
     async def start(self) -> None:
         path = self._claim_path()
         backlog = int(config.get("distributed.comm.socket-backlog"))
-        sock = netutil.bind_unix_socket(path, mode=0o600, backlog=backlog)
+        try:
+            sock = netutil.bind_unix_socket(path, mode=0o600, backlog=backlog)
+        except OSError as exc:
+            _name_address(exc, path)
+            raise
         info = os.stat(path)
         self._bound_file = (info.st_dev, info.st_ino)
         server = self._make_server()

@@ -53,7 +53,7 @@ from distributed_comm.tcp import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WS", "WSConnector", "WSListener", "WSSConnector", "WSSListener"]
+__all__ = ["WS", "WSS", "WSConnector", "WSListener", "WSSConnector", "WSSListener"]
 
 #: Either end of a websocket: both have ``write_message(data, binary)`` and ``close()``.
 Socket = WebSocketHandler | WebSocketClientConnection
@@ -230,6 +230,10 @@ class WS(CodecComm):
             sock.close()
 
 
+class WSS(WS):
+    """A :class:`WS` over TLS: its own class (and repr), as in distributed."""
+
+
 def _tls_info(raw: Any) -> dict:
     """``peercert`` and ``cipher`` of a TLS socket (nothing for plain ones)."""
     if isinstance(raw, ssl.SSLSocket):
@@ -278,7 +282,7 @@ class WSListener(TCPListener):
 
     def accept(self, sock: _Handler, inbox: _Inbox, stream: IOStream) -> None:
         """Make the comm of a new websocket and start its handshake."""
-        comm = WS(
+        comm = (WSS if self.encrypted else WS)(
             sock,
             stream,
             inbox,
@@ -353,7 +357,7 @@ class WSConnector(Connector, _RequireEncryption):
             ) from exc
         # Tornado's client caps reads at 100 MB; a frame may be as large as a message.
         stream.max_buffer_size = _MAX_BUFFER_SIZE
-        return WS(
+        return (WSS if self.encrypted else WS)(
             sock,
             stream,
             inbox,
