@@ -220,27 +220,26 @@ class CodecComm(Comm):
         Subclasses override this and :meth:`_to_frames` to plug in a
         serialization that does its own offloading (see ``interop``).
         """
-        loads = functools.partial(
-            self.codec.loads,
-            msg_frames,
-            deserialize=self.deserialize,
-            deserializers=deserializers,
-        )
         if self.allow_offload and self.deserialize and size > self._offload_threshold > 0:
-            return await offload(loads)
-        return loads()
+            return await offload(
+                functools.partial(
+                    self.codec.loads, msg_frames, deserialize=True, deserializers=deserializers
+                )
+            )
+        return self.codec.loads(
+            msg_frames, deserialize=self.deserialize, deserializers=deserializers
+        )
 
     async def _to_frames(self, msg: Any, **dumps_args: Any) -> list:
         """Message -> frames with the codec (``dumps_args`` as ``protocol.dumps``
         takes them); large messages on the offload thread."""
-        dumps = functools.partial(self.codec.dumps, msg, **dumps_args)
         if (
             self.allow_offload
             and self._offload_threshold > 0
             and rough_nbytes(msg) > self._offload_threshold
         ):
-            return await offload(dumps)
-        return dumps()
+            return await offload(functools.partial(self.codec.dumps, msg, **dumps_args))
+        return self.codec.dumps(msg, **dumps_args)
 
 
 class TCP(CodecComm):
@@ -311,7 +310,7 @@ class TCP(CodecComm):
         self._limits.check_head_size(head_size)
         if head_size <= frames.SMALL_MESSAGE:
             head = frames.empty_buffer(head_size)
-            await _fill(stream, head)
+            await stream.read_into(head)  # small: one call, no chunking
             msg_frames, missing = self._limits.split_head(head)
         else:
             # A head carrying large frames: read the prelude first so the
