@@ -406,3 +406,11 @@ def test_works_without_numpy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("msg", [{"__Set__": True}, {"__Enum__": 1, "x": 2}])
+def test_maps_that_look_like_wire_markers_fail_clearly(msg):
+    """Such maps are ambiguous on the wire (distributed fails on them with a
+    KeyError); ours says which key it could not make sense of."""
+    with pytest.raises(ValueError, match="could not decode"):
+        ours.loads(ours.dumps(msg))
