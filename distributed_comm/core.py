@@ -143,6 +143,26 @@ class Comm(ABC):
         )
 
 
+async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
+    """Await *awaitable* for at most *timeout* seconds (``TimeoutError`` after).
+
+    ``asyncio.timeout`` (3.11+) runs it in the current task; ``wait_for`` on
+    3.10 wraps it in a new task, which costs event-loop turns on every connect.
+    """
+    if _HAS_ASYNCIO_TIMEOUT:
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+_HAS_ASYNCIO_TIMEOUT = sys.version_info >= (3, 11)
+
+
+async def _exchange(comm: Comm, local_info: dict[str, Any]) -> Any:
+    await comm.write(local_info)
+    return await comm.read()
+
+
 async def _handshake(
     comm: Comm, overrides: dict[str, Any] | None, budget: float = float("inf")
 ) -> None:
@@ -155,8 +175,7 @@ async def _handshake(
     timeout = min(timeout, budget)
     local_info = {**comm.handshake_info(), **(overrides or {})}
     try:
-        await asyncio.wait_for(comm.write(local_info), timeout)
-        remote_info = await asyncio.wait_for(comm.read(), timeout)
+        remote_info = await _bounded(_exchange(comm, local_info), timeout)
     except asyncio.TimeoutError:
         comm.abort()
         raise CommClosedError(
@@ -284,7 +303,7 @@ async def connect(
     last_error: BaseException | None = None
     while (left := deadline - time.monotonic()) > 0:
         try:
-            comm = await asyncio.wait_for(
+            comm = await _bounded(
                 connector.connect(loc, deserialize=deserialize, **connection_args),
                 min(attempt_cap, left),
             )

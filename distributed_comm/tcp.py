@@ -153,6 +153,38 @@ async def _fill(stream: IOStream, buffer: memoryview) -> None:
         await stream.read_into(chunk)
 
 
+class _Settings:
+    """What a comm reads from the settings, parsed once per configuration
+    (re-read after ``config.set``), so making a comm parses nothing."""
+
+    __slots__ = ("shard", "ws_shard", "offload", "limits", "allow_pickle", "tcp_timeout")
+
+    def __init__(self) -> None:
+        self.shard = config.parse_bytes(config.get("distributed.comm.shard"))
+        self.ws_shard = config.parse_bytes(config.get("distributed.comm.websockets.shard"))
+        self.offload = config.parse_bytes(config.get("distributed.comm.offload") or 0)
+        self.limits = frames.Limits.from_config()
+        self.allow_pickle = bool(config.get("distributed.comm.allow-pickle"))
+        timeout = config.parse_timedelta(config.get("distributed.comm.timeouts.tcp"))
+        self.tcp_timeout = timeout or 0
+
+
+_settings: _Settings | None = None
+
+
+@config.on_change
+def _forget_settings() -> None:
+    global _settings
+    _settings = None
+
+
+def _current_settings() -> _Settings:
+    global _settings
+    if _settings is None:
+        _settings = _Settings()
+    return _settings
+
+
 class CodecComm(Comm):
     """A comm that turns messages into frames with a codec; subclasses move the frames.
 
@@ -187,16 +219,17 @@ class CodecComm(Comm):
         super().__init__(deserialize=deserialize)
         self._local_addr = local_addr
         self._peer_addr = peer_addr
+        settings = _current_settings()
         if allow_pickle is None:
-            allow_pickle = config.get("distributed.comm.allow-pickle")
+            allow_pickle = settings.allow_pickle
         #: False: messages carrying pickles are refused (``PickleNotAllowedError``).
         self.allow_pickle = bool(allow_pickle)
         if not self.allow_pickle:
             self.check_can_refuse_pickles(codec)
         self.codec = codec if codec is not None else default_codec(self.allow_pickle)
-        self.max_shard_size = config.parse_bytes(config.get("distributed.comm.shard"))
-        self._offload_threshold = config.parse_bytes(config.get("distributed.comm.offload") or 0)
-        self._limits = frames.Limits.from_config()
+        self.max_shard_size = settings.shard
+        self._offload_threshold = settings.offload
+        self._limits = settings.limits
         self._extra: dict = {}
 
     @property
@@ -263,8 +296,7 @@ class TCP(CodecComm):
         stream.set_close_callback(functools.partial(_mark_closed, weakref.ref(self)))
         if stream.socket is not None and stream.socket.family in _INET:
             stream.set_nodelay(True)
-            timeout = config.parse_timedelta(config.get("distributed.comm.timeouts.tcp"))
-            set_tcp_timeout(stream.socket, timeout or 0)
+            set_tcp_timeout(stream.socket, _current_settings().tcp_timeout)
         self._read_extra()
 
     def _read_extra(self) -> None:
@@ -556,7 +588,7 @@ class TCPListener(BaseListener, _RequireEncryption):
         self.deserialize = deserialize
         self.allow_offload = allow_offload
         if allow_pickle is None:
-            allow_pickle = config.get("distributed.comm.allow-pickle")
+            allow_pickle = _current_settings().allow_pickle
         #: Whether peers may send pickles; False for untrusted clients.
         self.allow_pickle = bool(allow_pickle)
         if not self.allow_pickle:

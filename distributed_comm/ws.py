@@ -33,7 +33,7 @@ from tornado.websocket import (
     websocket_connect,
 )
 
-from distributed_comm import config, frames
+from distributed_comm import frames
 from distributed_comm.addressing import parse_host_port, unparse_host_port
 from distributed_comm.codec import Codec
 from distributed_comm.core import CommClosedError, Connector, FatalCommClosedError
@@ -44,6 +44,7 @@ from distributed_comm.tcp import (
     CodecComm,
     TCPListener,
     _closed_error,
+    _current_settings,
     _expect_tls_context,
     _location,
     _NumericFirstResolver,
@@ -163,10 +164,10 @@ class WS(CodecComm):
         self._inbox = inbox
         # A comm message is several websocket writes: Nagle would hold all but the first.
         stream.set_nodelay(True)
-        timeout = config.parse_timedelta(config.get("distributed.comm.timeouts.tcp"))
-        set_tcp_timeout(stream.socket, timeout or 0)
+        settings = _current_settings()
+        set_tcp_timeout(stream.socket, settings.tcp_timeout)
         self._extra.update(_tls_info(stream.socket))
-        self.max_shard_size = config.parse_bytes(config.get("distributed.comm.websockets.shard"))
+        self.max_shard_size = settings.ws_shard
         self._finalizer = weakref.finalize(self, _close_dangling, sock, repr(self))
         self._finalizer.atexit = False
 

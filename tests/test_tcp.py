@@ -462,7 +462,14 @@ async def test_stop_aborts_comms_still_handshaking():
 
 
 async def test_stopped_listener_keeps_established_comms():
-    listener, client = await pair("tcp", None)
+    handled = asyncio.Event()
+
+    async def mark_and_echo(c):
+        handled.set()  # the server end finished its handshake too
+        await echo(c)
+
+    listener, client = await pair("tcp", None, mark_and_echo)
+    await asyncio.wait_for(handled.wait(), 5)
     listener.stop()
     await client.write({"op": 1})
     assert await client.read() == {"op": 1}
