@@ -50,17 +50,26 @@ def make_payload(kind: str, size: int) -> Any:
     return data.tobytes() if kind == "bytes" else data
 
 
+#: The fewest messages a reported burst carries: one large message alone is at
+#: the mercy of a page-fault storm in the receiver's fresh buffer (seen here as
+#: 4x swings at 128 MiB, raw sockets included).
+MIN_MESSAGES = 3
+
+
 def next_burst(count: int, elapsed: float, seconds: float) -> int | None:
     """How many messages the next burst sends, or ``None`` when this burst is the result.
 
     A burst is timed from its first write until the server acknowledges its
     last message, so writes that return before the data left (pyzmq queues,
-    buffered streams) cannot inflate the number.  A burst that filled at least
-    half the time box is reported; otherwise the next one is sized from this
-    one's pace to fill the box (``seconds <= 0``: one message, reported).
+    buffered streams) cannot inflate the number.  A burst of at least
+    :data:`MIN_MESSAGES` that filled at least half the time box is reported;
+    otherwise the next one is sized from this one's pace to fill the box
+    (``seconds <= 0``: one message, reported).
     """
-    if elapsed >= seconds / 2:
+    if seconds <= 0:
         return None
+    if elapsed >= seconds / 2:
+        return None if count >= MIN_MESSAGES else MIN_MESSAGES
     return max(count + 1, min(count * 100, math.ceil(count * seconds / max(elapsed, 1e-9))))
 
 

@@ -109,7 +109,8 @@ def test_bad_size_is_named_in_the_error():
 
 
 def test_a_burst_is_reported_once_it_fills_half_the_time_box():
-    assert next_burst(1, 0.5, 1.0) is None
+    assert next_burst(3, 0.5, 1.0) is None
+    assert next_burst(1, 0.9, 1.0) == 3  # one large message alone is not reported
     assert next_burst(1, 0.0, 0) is None  # no time box: one message
     assert next_burst(10, 0.01, 1.0) == 1000  # sized from the pace to fill the box
     assert next_burst(1, 0.0, 1.0) == 100  # grows at most 100x per burst
