@@ -263,6 +263,19 @@ class CodecComm(Comm):
             msg_frames, deserialize=self.deserialize, deserializers=deserializers
         )
 
+    def _dumps_args(self, serializers: Any, on_error: Any) -> dict[str, Any]:
+        """How a message to this peer is serialized (``protocol.dumps`` keywords)."""
+        return {
+            "serializers": serializers,
+            "on_error": on_error,
+            "context": {
+                "sender": self.local_info,
+                "recipient": self.remote_info,
+                **self.handshake_options,
+            },
+            "frame_split_size": self.max_shard_size,
+        }
+
     async def _to_frames(self, msg: Any, **dumps_args: Any) -> list:
         """Message -> frames with the codec (``dumps_args`` as ``protocol.dumps``
         takes them); large messages on the offload thread."""
@@ -366,17 +379,7 @@ class TCP(CodecComm):
 
     async def write(self, msg: Any, serializers=None, on_error="message") -> int:
         self._stream_or_raise()
-        msg_frames = await self._to_frames(
-            msg,
-            serializers=serializers,
-            on_error=on_error,
-            context={
-                "sender": self.local_info,
-                "recipient": self.remote_info,
-                **self.handshake_options,
-            },
-            frame_split_size=self.max_shard_size,
-        )
+        msg_frames = await self._to_frames(msg, **self._dumps_args(serializers, on_error))
         parts, total = frames.encode(msg_frames)
         stream = self._stream_or_raise()
         try:

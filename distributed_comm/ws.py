@@ -194,17 +194,7 @@ class WS(CodecComm):
 
     async def write(self, msg: Any, serializers=None, on_error="message") -> int:
         self._sock_or_raise()
-        msg_frames = await self._to_frames(
-            msg,
-            serializers=serializers,
-            on_error=on_error,
-            context={
-                "sender": self.local_info,
-                "recipient": self.remote_info,
-                **self.handshake_options,
-            },
-            frame_split_size=self.max_shard_size,
-        )
+        msg_frames = await self._to_frames(msg, **self._dumps_args(serializers, on_error))
         sock = self._sock_or_raise()
         total = 0
         try:
