@@ -9,6 +9,7 @@ other stream transports and other codecs reuse it unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import errno
 import functools
@@ -19,7 +20,7 @@ import socket
 import ssl
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -430,6 +431,26 @@ class TLS(TCP):
             self._extra.update(peercert=sock.getpeercert(), cipher=sock.cipher())
 
 
+@contextlib.contextmanager
+def connect_errors(address: str) -> Iterator[None]:
+    """Raise what ``connect()`` promises for a stream that failed to open.
+
+    TLS trust or negotiation failures are fatal (``connect`` must not retry
+    them); a stream closed under us is a ``CommClosedError`` naming *address*.
+    """
+    try:
+        yield
+    except ssl.SSLCertVerificationError as exc:
+        raise FatalCommClosedError(
+            f"TLS certificate of {address} is not trusted or does not "
+            f"match: {exc.verify_message}. Check your security settings."
+        ) from exc
+    except ssl.SSLError as exc:
+        raise FatalCommClosedError(f"TLS negotiation with {address} failed: {exc}") from exc
+    except StreamClosedError as exc:
+        raise _closed_error(address, exc) from exc
+
+
 def _expect_tls_context(connection_args: dict) -> ssl.SSLContext:
     context = connection_args.get("ssl_context")
     if not isinstance(context, ssl.SSLContext):
@@ -490,22 +511,11 @@ class TCPConnector(Connector, _RequireEncryption):
 
     async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> TCP:
         self._check_encryption(address, connection_args)
-        try:
+        with connect_errors(self.prefix + address):
             stream = await self._open_stream(address, connection_args)
             if stream.closed():
                 raise StreamClosedError(stream.error)
             local_address = self.prefix + _location(stream.socket.getsockname())
-        except ssl.SSLCertVerificationError as exc:
-            raise FatalCommClosedError(
-                f"TLS certificate of {self.prefix + address} is not trusted or does not "
-                f"match: {exc.verify_message}. Check your security settings."
-            ) from exc
-        except ssl.SSLError as exc:
-            raise FatalCommClosedError(
-                f"TLS negotiation with {self.prefix + address} failed: {exc}"
-            ) from exc
-        except StreamClosedError as exc:
-            raise _closed_error(self.prefix + address, exc) from exc
         try:
             return self.comm_class(
                 stream,

@@ -36,7 +36,7 @@ from tornado.websocket import (
 from distributed_comm import frames
 from distributed_comm.addressing import parse_host_port, unparse_host_port
 from distributed_comm.codec import Codec
-from distributed_comm.core import CommClosedError, Connector, FatalCommClosedError
+from distributed_comm.core import CommClosedError, Connector
 from distributed_comm.registry import backends
 from distributed_comm.tcp import (
     _MAX_BUFFER_SIZE,
@@ -49,6 +49,7 @@ from distributed_comm.tcp import (
     _location,
     _NumericFirstResolver,
     _RequireEncryption,
+    connect_errors,
     set_tcp_timeout,
 )
 
@@ -261,7 +262,7 @@ class WSListener(TCPListener):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.limits = frames.Limits.from_config()
+        self.limits = _current_settings().limits
         self._tasks: set[asyncio.Task] = set()
 
     def _make_server(self) -> HTTPServer:
@@ -319,29 +320,19 @@ class WSConnector(Connector, _RequireEncryption):
     async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> WS:
         self._check_encryption(address, connection_args)
         request, resolver = self._request(address, connection_args)
-        limits = frames.Limits.from_config()
+        limits = _current_settings().limits
         inbox = _Inbox(limits)
         try:
-            sock = await websocket_connect(
-                request,
-                on_message_callback=inbox.feed,
-                max_message_size=limits.max_message_size,
-                resolver=resolver,
-            )
-            stream = sock.protocol.stream
-            if stream.closed():
-                raise StreamClosedError(stream.error)
-        except ssl.SSLCertVerificationError as exc:
-            raise FatalCommClosedError(
-                f"TLS certificate of {self.prefix + address} is not trusted or does not "
-                f"match: {exc.verify_message}. Check your security settings."
-            ) from exc
-        except ssl.SSLError as exc:
-            raise FatalCommClosedError(
-                f"TLS negotiation with {self.prefix + address} failed: {exc}"
-            ) from exc
-        except StreamClosedError as exc:
-            raise _closed_error(self.prefix + address, exc) from exc
+            with connect_errors(self.prefix + address):
+                sock = await websocket_connect(
+                    request,
+                    on_message_callback=inbox.feed,
+                    max_message_size=limits.max_message_size,
+                    resolver=resolver,
+                )
+                stream = sock.protocol.stream
+                if stream.closed():
+                    raise StreamClosedError(stream.error)
         except (HTTPClientError, WebSocketError) as exc:
             raise CommClosedError(
                 f"websocket upgrade at {self.prefix + address} failed: {exc}"
