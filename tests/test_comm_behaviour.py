@@ -8,7 +8,6 @@ arguments), and must then pass everything here.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,17 +26,6 @@ class Transport:
     listen_address: str
     listen_kwargs: dict = field(default_factory=dict)
     connect_kwargs: dict = field(default_factory=dict)
-
-
-@pytest.fixture(scope="module")
-def tls_contexts():
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ca.configure_trust(client)
-    return server, client
 
 
 def _secure(scheme: str):

@@ -6,7 +6,6 @@ import asyncio
 import errno
 import logging
 import os
-import ssl
 import time
 
 import pytest
@@ -16,17 +15,6 @@ from distributed_comm import config
 from distributed_comm.ws import WS, WSS
 
 trustme = pytest.importorskip("trustme")
-
-
-@pytest.fixture(scope="module")
-def tls_contexts():
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ca.configure_trust(client)
-    return server, client
 
 
 async def test_connect_timeout_also_bounds_the_handshake():

@@ -5,29 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import struct
-
-import pytest
-import trustme
 
 import distributed_comm as dc
 from distributed_comm import frames, protocol
 
 #: Loggers whose records the quietness checks look at.
 LOGGERS = ("distributed_comm", "tornado", "asyncio")
-
-
-@pytest.fixture(scope="session")
-def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server, client) contexts trusting each other through one trustme CA."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ca.configure_trust(client)
-    return server, client
 
 
 def wire(msg_frames: list) -> bytes:
