@@ -16,7 +16,15 @@ from typing import Any, BinaryIO
 import numpy
 
 from benchmarks import tlscerts
-from benchmarks.workloads import ACK_FRAME, DATA, DATA_ACK, PING_FRAME, TIMEOUT, burst_throughput
+from benchmarks.workloads import (
+    ACK_FRAME,
+    DATA,
+    DATA_ACK,
+    PING_FRAME,
+    TIMEOUT,
+    burst_throughput,
+    connect_rate,
+)
 from distributed_comm.frames import U64, nbytes, pack_frames_prelude
 
 TRANSPORTS = ("tcp", "tls", "unix")
@@ -103,16 +111,14 @@ class RawClient:
 
     def connect(self, seconds: float) -> float:
         """Connect (and TLS handshake) plus one round trip, standing in for the comm handshake."""
-        spent, count = 0.0, 0
-        while spent < seconds:
-            start = time.perf_counter()
+
+        def open_and_greet():
             connection = _Connection(self._address, self._tls)
             send_message(connection.sock, PING_FRAME)
             recv_message(connection.reader)
-            spent += time.perf_counter() - start
-            count += 1
-            connection.close()
-        return count / spent
+            return connection.close
+
+        return connect_rate(open_and_greet, seconds)
 
     def throughput(self, payload: Any, seconds: float) -> float:
         return burst_throughput(lambda count: self._burst(payload, count), nbytes(payload), seconds)

@@ -73,6 +73,20 @@ def next_burst(count: int, elapsed: float, seconds: float) -> int | None:
     return max(count + 1, min(count * 100, math.ceil(count * seconds / max(elapsed, 1e-9))))
 
 
+def connect_rate(open_and_greet: Callable[[], Callable[[], None]], seconds: float) -> float:
+    """Connections/s of a blocking baseline: ``open_and_greet()`` connects and
+    exchanges one small message (standing in for the comm handshake), then
+    returns the function that closes it; closing is not timed."""
+    spent, count = 0.0, 0
+    while spent < seconds:
+        start = time.perf_counter()
+        close = open_and_greet()
+        spent += time.perf_counter() - start
+        count += 1
+        close()
+    return count / spent
+
+
 def burst_throughput(burst: Callable[[int], float], size: int, seconds: float) -> float:
     """Bytes/s of the first burst long enough to report; ``burst(n)`` sends *n*, returns seconds."""
     count = 1

@@ -15,7 +15,15 @@ from typing import Any
 
 import zmq
 
-from benchmarks.workloads import ACK_FRAME, DATA, DATA_ACK, PING_FRAME, TIMEOUT, burst_throughput
+from benchmarks.workloads import (
+    ACK_FRAME,
+    DATA,
+    DATA_ACK,
+    PING_FRAME,
+    TIMEOUT,
+    burst_throughput,
+    connect_rate,
+)
 from distributed_comm.frames import nbytes
 
 TRANSPORTS = ("tcp", "unix")
@@ -51,16 +59,14 @@ class ZMQClient:
         return _roundtrips(self._crowd[:comms], seconds)
 
     def connect(self, seconds: float) -> float:
-        spent, count = 0.0, 0
-        while spent < seconds:
-            start = time.perf_counter()
+
+        def open_and_greet():
             sock = _dealer(self._address)
             sock.send(PING_FRAME)
             sock.recv()
-            spent += time.perf_counter() - start
-            count += 1
-            sock.close()
-        return count / spent
+            return sock.close
+
+        return connect_rate(open_and_greet, seconds)
 
     def throughput(self, payload: Any, seconds: float) -> float:
         return burst_throughput(lambda count: self._burst(payload, count), nbytes(payload), seconds)
