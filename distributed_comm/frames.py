@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import struct
+from collections import deque
 from collections.abc import Sequence
 
 import psutil
@@ -295,3 +296,141 @@ def empty_buffer(size: int) -> memoryview:
         else:
             return memoryview(numpy.empty(size, "u1"))
     return memoryview(bytearray(size))
+
+
+#: How many bytes one receive asks for while reading ahead: enough for many
+#: small messages per system call.
+READ_AHEAD = 2**16
+
+
+class Decoder:
+    """Cuts a received byte stream into messages (WIRE.md section 1), without I/O.
+
+    Ask :meth:`buffer` where the next bytes go, receive up to its length
+    there (``socket.recv_into``), then report how many arrived to
+    :meth:`received`. Complete messages collect in :attr:`messages` as
+    ``(frames, size)``, ``size`` counting the head region and every frame.
+
+    Small messages are read ahead, many per receive, into a shared buffer
+    and handed out as views of it (that buffer is only ever appended to, so
+    views stay valid). A message's large frames get fresh buffers of their
+    own and :meth:`buffer` points straight into them, so a payload is never
+    copied. Counts and sizes are checked against the limits before anything
+    is allocated for them; a stream that breaks them raises ``ValueError``.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.messages: deque[tuple[list[memoryview], int]] = deque()
+        self._ahead = memoryview(bytearray(READ_AHEAD))
+        self._start = self._end = 0  # bytes not parsed yet: _ahead[_start:_end]
+        self._targets: deque[memoryview] = deque()  # where the current message's rest goes
+        self._frames: list[memoryview] = []
+        self._size = 0
+
+    def buffer(self) -> memoryview:
+        """Where the next received bytes go (never empty)."""
+        if self._targets:
+            return self._targets[0]
+        if self._end == len(self._ahead):
+            self._renew(READ_AHEAD)
+        return self._ahead[self._end :]
+
+    def received(self, count: int) -> None:
+        """*count* bytes were written at the start of :meth:`buffer`."""
+        if self._targets:
+            self._advance(count)
+        else:
+            self._end += count
+            self._parse()
+
+    def feed(self, data: Buffer) -> None:
+        """Take bytes received elsewhere (they are copied)."""
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            target = self.buffer()
+            count = min(target.nbytes, view.nbytes)
+            target[:count] = view[:count]
+            view = view[count:]
+            self.received(count)
+
+    def at_message_boundary(self) -> bool:
+        """Whether no message is partly received (the stream may end cleanly here)."""
+        return not self._targets and self._start == self._end
+
+    def _advance(self, count: int) -> None:
+        target = self._targets[0]
+        if count < target.nbytes:
+            self._targets[0] = target[count:]
+            return
+        self._targets.popleft()
+        if not self._targets:
+            self.messages.append((self._frames, self._size))
+
+    def _renew(self, size: int) -> None:
+        """Continue in a fresh read-ahead buffer of at least *size* bytes,
+        carrying over the unparsed bytes (views of the old one stay valid)."""
+        pending = self._ahead[self._start : self._end]
+        self._ahead = memoryview(bytearray(max(size, READ_AHEAD)))
+        self._ahead[: pending.nbytes] = pending
+        self._start, self._end = 0, pending.nbytes
+
+    def _wait_for(self, needed: int) -> None:
+        """Make sure *needed* bytes from the parse position fit the read-ahead buffer."""
+        if self._start + needed > len(self._ahead):
+            self._renew(needed)
+
+    def _parse(self) -> None:
+        ahead, limits = self._ahead, self.limits
+        while not self._targets:
+            start = self._start
+            available = self._end - start
+            if available < U64.size:
+                self._wait_for(U64.size)
+                return
+            (head_size,) = U64.unpack_from(ahead, start)
+            limits.check_head_size(head_size)
+            if head_size <= SMALL_MESSAGE:
+                end = start + U64.size + head_size
+                if end > self._end:
+                    self._wait_for(U64.size + head_size)
+                    return
+                msg_frames, missing = limits.split_head(ahead[start + U64.size : end])
+            else:
+                # A head carrying large frames: only its prelude is read
+                # ahead; the frames go into an aligned buffer of their own.
+                if available < 2 * U64.size:
+                    self._wait_for(2 * U64.size)
+                    return
+                (count,) = U64.unpack_from(ahead, start + U64.size)
+                limits.check_count(count, head_size)
+                end = start + U64.size * (count + 2)
+                if end > self._end:
+                    self._wait_for(end - start)
+                    return
+                lengths, k = limits.parse_prelude(ahead[start + U64.size : end], head_size)
+                region = aligned_buffer(lengths[:k])
+                msg_frames, missing = slice_frames(region, lengths[:k]), lengths[k:]
+                self._targets.extend(chunks(region) if region.nbytes else ())
+            self._start = end
+            self._size = head_size + sum(missing)
+            for length in missing:
+                buffer = empty_buffer(length)
+                msg_frames.append(buffer)
+                if length:
+                    self._targets.extend(chunks(buffer))
+            self._frames = msg_frames
+            if not self._targets:
+                self.messages.append((msg_frames, self._size))
+            else:
+                self._take_read_ahead()
+            ahead = self._ahead
+
+    def _take_read_ahead(self) -> None:
+        """Move bytes already read ahead into the current message's buffers."""
+        while self._targets and self._start < self._end:
+            target = self._targets[0]
+            count = min(target.nbytes, self._end - self._start)
+            target[:count] = self._ahead[self._start : self._start + count]
+            self._start += count
+            self._advance(count)

@@ -1,9 +1,10 @@
 """TCP and TLS transports on Tornado ``TCPServer`` / ``TCPClient`` / ``IOStream``.
 
-:class:`TCP` is a message comm over any Tornado ``IOStream``: it moves frames
-as WIRE.md section 1 lays them out (see :mod:`distributed_comm.frames`) and
-leaves message <-> frames to its codec (:mod:`distributed_comm.codec`), so
-other stream transports and other codecs reuse it unchanged.
+Tornado opens the connections; :class:`TCP` then moves frames over the
+stream's socket as WIRE.md section 1 lays them out (see
+:mod:`distributed_comm.stream` and :mod:`distributed_comm.frames`) and leaves
+message <-> frames to its codec (:mod:`distributed_comm.codec`), so other
+stream transports and other codecs reuse it unchanged.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from distributed_comm.core import (
     FatalCommClosedError,
 )
 from distributed_comm.registry import Backend, backends
+from distributed_comm.stream import SocketStream, take_socket
 from distributed_comm.utils import (
     ensure_concrete_host,
     ensure_ip,
@@ -50,10 +52,6 @@ from distributed_comm.utils import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["CodecComm", "TCP", "TLS", "TCPConnector", "TLSConnector", "TCPListener", "TLSListener"]
-
-#: Tornado refuses to buffer more than ``max_buffer_size``; reads of a user
-#: buffer count against it too, and we read at most one chunk at a time.
-_MAX_BUFFER_SIZE = frames.C_INT_MAX + 1
 
 _INET = (socket.AF_INET, socket.AF_INET6)
 #: TLS handshake errors that Tornado's IOStream logs by itself, and where.
@@ -123,35 +121,10 @@ def _location(name: tuple | str | bytes) -> str:
     return os.fsdecode(name)
 
 
-def _close_dangling(stream: IOStream, description: str) -> None:
+def _close_dangling(stream: SocketStream, description: str) -> None:
     if not stream.closed():
         logger.warning("closing dangling stream in %s", description)
         stream.close()
-
-
-def _enqueue(stream: IOStream, parts: list, total: int) -> None:
-    """Queue every part of one message and let the stream flush once.
-
-    Tornado has no public multi-buffer write; appending to its write buffer
-    and then writing nothing runs its flush loop a single time, and the
-    buffer keeps references to (not copies of) the large parts.
-    """
-    if len(parts) == 1:
-        stream.write(parts[0])
-        return
-    buffer = stream._write_buffer
-    if buffer is None or stream.closed():
-        raise StreamClosedError()
-    for part in parts:
-        buffer.append(part)
-    stream._total_write_index += total
-    stream.write(b"")
-
-
-async def _fill(stream: IOStream, buffer: memoryview) -> None:
-    """Read exactly ``len(buffer)`` bytes into *buffer*, one call per chunk."""
-    for chunk in frames.chunks(buffer):
-        await stream.read_into(chunk)
 
 
 class _Settings:
@@ -292,7 +265,7 @@ class CodecComm(Comm):
 class TCP(CodecComm):
     """A comm over a Tornado ``IOStream``, moving frames as WIRE.md section 1 lays them out."""
 
-    stream: IOStream | None
+    stream: SocketStream | None
 
     def __init__(
         self,
@@ -304,19 +277,20 @@ class TCP(CodecComm):
         allow_pickle: bool | None = None,
     ):
         super().__init__(local_addr, peer_addr, deserialize, codec, allow_pickle)
-        self.stream = stream
-        self._finalizer = weakref.finalize(self, _close_dangling, stream, repr(self))
+        sock, buffered = take_socket(stream)
+        if sock.family in _INET:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_tcp_timeout(sock, _current_settings().tcp_timeout)
+        self.stream = SocketStream(sock, self._limits, buffered)
+        self._finalizer = weakref.finalize(self, _close_dangling, self.stream, repr(self))
         self._finalizer.atexit = False
-        stream.set_close_callback(functools.partial(_mark_closed, weakref.ref(self)))
-        if stream.socket is not None and stream.socket.family in _INET:
-            stream.set_nodelay(True)
-            set_tcp_timeout(stream.socket, _current_settings().tcp_timeout)
+        self.stream.set_close_callback(functools.partial(_mark_closed, weakref.ref(self)))
         self._read_extra()
 
     def _read_extra(self) -> None:
         """Collect transport facts for :attr:`extra_info` (TLS adds its own)."""
 
-    def _stream_or_raise(self) -> IOStream:
+    def _stream_or_raise(self) -> SocketStream:
         stream = self.stream
         if stream is None:
             raise CommClosedError(f"{self!r} is closed")
@@ -338,7 +312,7 @@ class TCP(CodecComm):
         """
         stream = self._stream_or_raise()
         try:
-            msg_frames, size = await self._read_frames(stream)
+            msg_frames, size = await stream.read_message()
         except (StreamClosedError, OSError) as exc:
             raise self._lost(exc) from exc
         except ValueError as exc:  # the peer broke the limits or the framing
@@ -350,41 +324,13 @@ class TCP(CodecComm):
             raise
         return await self._from_frames(msg_frames, size, deserializers)
 
-    async def _read_frames(self, stream: IOStream) -> tuple[list, int]:
-        """One message's frames and their total size, allocating only what the limits allow."""
-        (head_size,) = frames.U64.unpack(await stream.read_bytes(frames.U64.size))
-        self._limits.check_head_size(head_size)
-        if head_size <= frames.SMALL_MESSAGE:
-            head = frames.empty_buffer(head_size)
-            await stream.read_into(head)  # small: one call, no chunking
-            msg_frames, missing = self._limits.split_head(head)
-        else:
-            # A head carrying large frames: read the prelude first so the
-            # frames can land in an aligned buffer of their own.
-            count = await stream.read_bytes(frames.U64.size)
-            (n,) = frames.U64.unpack(count)
-            self._limits.check_count(n, head_size)
-            prelude = count + await stream.read_bytes(frames.U64.size * n)
-            lengths, k = self._limits.parse_prelude(prelude, head_size)
-            region = frames.aligned_buffer(lengths[:k])
-            await _fill(stream, region)
-            msg_frames, missing = frames.slice_frames(region, lengths[:k]), lengths[k:]
-        size = head_size
-        for length in missing:
-            buffer = frames.empty_buffer(length)
-            if length:
-                await _fill(stream, buffer)
-            msg_frames.append(buffer)
-            size += length
-        return msg_frames, size
-
     async def write(self, msg: Any, serializers=None, on_error="message") -> int:
         self._stream_or_raise()
         msg_frames = await self._to_frames(msg, **self._dumps_args(serializers, on_error))
         parts, total = frames.encode(msg_frames)
         stream = self._stream_or_raise()
         try:
-            _enqueue(stream, parts, total)
+            stream.write(parts)
         except StreamClosedError as exc:
             raise self._lost(exc) from exc
         except BaseException:
@@ -400,8 +346,7 @@ class TCP(CodecComm):
         if stream is None or stream.closed():
             return
         try:
-            if stream.writing():
-                await stream.write(b"")
+            await stream.drain()
             stream.socket.shutdown(socket.SHUT_RDWR)
         except (OSError, StreamClosedError):
             pass
@@ -535,9 +480,9 @@ class TCPConnector(Connector, _RequireEncryption):
         tls_args = self._connect_args(connection_args)
         if "server_hostname" in tls_args:
             # Tornado's TCPClient would use the address as SNI name.
-            stream = await self.client.connect(host, port, max_buffer_size=_MAX_BUFFER_SIZE)
+            stream = await self.client.connect(host, port)
             return await stream.start_tls(False, **tls_args)
-        return await self.client.connect(host, port, max_buffer_size=_MAX_BUFFER_SIZE, **tls_args)
+        return await self.client.connect(host, port, **tls_args)
 
 
 class TLSConnector(TCPConnector):
@@ -620,7 +565,7 @@ class TCPListener(BaseListener, _RequireEncryption):
 
     def _make_server(self) -> TCPServer:
         """A server that is not listening yet (ws serves HTTP instead)."""
-        server = TCPServer(max_buffer_size=_MAX_BUFFER_SIZE, **self.server_args)
+        server = TCPServer(**self.server_args)
         server.handle_stream = self._handle_stream
         return server
 

@@ -27,7 +27,7 @@ from tornado.iostream import IOStream
 
 from distributed_comm import config
 from distributed_comm.registry import Backend, backends
-from distributed_comm.tcp import _MAX_BUFFER_SIZE, TCPConnector, TCPListener, _name_address
+from distributed_comm.tcp import TCPConnector, TCPListener, _name_address
 from distributed_comm.utils import get_ip
 
 __all__ = ["UnixBackend", "UnixConnector", "UnixListener", "check_path"]
@@ -71,9 +71,7 @@ class UnixConnector(TCPConnector):
 
     async def _open_stream(self, address: str, connection_args: dict) -> IOStream:
         path = check_path(address)
-        stream = IOStream(
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), max_buffer_size=_MAX_BUFFER_SIZE
-        )
+        stream = IOStream(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         try:
             return await stream.connect(path)
         except BaseException:  # cancelled by connect()'s timeout: don't leak the socket

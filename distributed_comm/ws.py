@@ -39,7 +39,6 @@ from distributed_comm.codec import Codec
 from distributed_comm.core import CommClosedError, Connector
 from distributed_comm.registry import backends
 from distributed_comm.tcp import (
-    _MAX_BUFFER_SIZE,
     BaseTCPBackend,
     CodecComm,
     TCPListener,
@@ -56,6 +55,10 @@ from distributed_comm.tcp import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["WS", "WSS", "WSConnector", "WSListener", "WSSConnector", "WSSListener"]
+
+#: Tornado refuses to buffer more than ``max_buffer_size``; a websocket
+#: message is read whole, at most one frame chunk at a time.
+_MAX_BUFFER_SIZE = frames.C_INT_MAX + 1
 
 #: Either end of a websocket: both have ``write_message(data, binary)`` and ``close()``.
 Socket = WebSocketHandler | WebSocketClientConnection

@@ -267,7 +267,7 @@ async def test_cancelled_read_mid_message_aborts_the_comm():
     async def half(c):
         stream = c.stream
         # a valid H and prelude announcing 1 MiB, but only part of it
-        stream.write(struct.pack("<3Q", 16, 1, MiB) + b"x" * 1000)
+        stream.write([struct.pack("<3Q", 16, 1, MiB) + b"x" * 1000])
         started.set()
         await asyncio.sleep(10)
 
@@ -423,7 +423,7 @@ async def test_garbage_and_oversized_peers_are_dropped_listener_keeps_serving(ca
 async def test_oversized_message_is_refused_before_allocating():
     async def huge(c):
         # announces 1 TiB in one frame: the reader must refuse, not try to allocate it
-        c.stream.write(struct.pack("<3Q", 16, 1, 2**40))
+        c.stream.write([struct.pack("<3Q", 16, 1, 2**40)])
         await asyncio.sleep(5)
 
     with config.set({"distributed.comm.max-message-size": "1 GiB"}):

@@ -48,7 +48,8 @@ async def main(mode, arg, size):
         view = memoryview(part).cast("B")
         if sent + view.nbytes > total // 2:
             view = view[: total // 2 - sent]
-        await stream.write(view)
+        stream.write([view])
+        await stream.drain()
         sent += view.nbytes
         if sent >= total // 2:
             break

@@ -1,0 +1,268 @@
+"""Messages over a connected socket, on Tornado's event loop.
+
+Tornado opens the connection (``TCPClient``, ``TCPServer``, the TLS
+handshake in ``SSLIOStream``); then :class:`SocketStream` takes the socket
+over from the ``IOStream`` and moves frames itself. Why: an ``IOStream`` read
+registers, waits, buffers and resolves a future per call, which costs about
+as much as a whole small-message round trip. Here the socket stays
+registered for reading, every readiness event receives as much as is there
+(many small messages at once, or straight into a large frame's own buffer,
+see :class:`~distributed_comm.frames.Decoder`), and a reader waits only when
+no complete message is queued. Writes go out at once, several buffers per
+system call (``sendmsg``), and only what the kernel does not take is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, StreamClosedError
+
+from distributed_comm import frames
+
+__all__ = ["SocketStream", "take_socket"]
+
+#: ``sendmsg`` takes at most this many buffers per call (``IOV_MAX`` on Linux).
+_MAX_BUFFERS = 1024
+#: Stop reading ahead while this many complete messages wait to be read, or
+#: this many bytes (a slow reader must not make us buffer without limit).
+_MAX_QUEUED_MESSAGES = 1024
+_MAX_QUEUED_BYTES = 2**26
+#: The socket has nothing more for now (or TLS needs more bytes first).
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+_READ = IOLoop.READ
+_WRITE = IOLoop.WRITE
+
+
+def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
+    """Take the connected socket out of an idle Tornado stream.
+
+    Returns the socket and any bytes the stream had already read from it.
+    The stream must not be used afterwards (Tornado's own ``start_tls``
+    hands a socket over the same way).
+    """
+    if stream.closed():
+        raise StreamClosedError(real_error=stream.error)
+    sock = stream.socket
+    stream.io_loop.remove_handler(sock)
+    stream._state = None  # nothing is registered for it any more
+    buffered = bytes(stream._read_buffer[: stream._read_buffer_size])
+    stream.socket = None
+    return sock, buffered
+
+
+class SocketStream:
+    """A connected non-blocking socket carrying framed messages.
+
+    :meth:`read_message` returns the next message's frames; :meth:`write`
+    queues buffers for sending; :meth:`drain` waits until all are sent.
+    A broken connection or framing closes the stream: queued complete
+    messages are still handed out, then the reader gets the error
+    (``StreamClosedError``, or ``ValueError`` for a peer that broke the
+    framing or the limits).
+    """
+
+    def __init__(self, sock: socket.socket, limits: frames.Limits, buffered: bytes = b"") -> None:
+        sock.setblocking(False)
+        self.socket = sock
+        self._decoder = frames.Decoder(limits)
+        self._messages = self._decoder.messages
+        self._queued_bytes = 0
+        self._reader: asyncio.Future | None = None
+        self._writes: deque[memoryview | bytes] = deque()
+        self._drainers: list[asyncio.Future] = []
+        self._error: BaseException | None = None
+        self._close_callback: Callable[[], None] | None = None
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._io_loop = IOLoop.current()
+        self._fd = sock.fileno()
+        self._events = _READ
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._io_loop.add_handler(self._fd, self._on_events, _READ)
+        try:
+            self._decoder.feed(buffered)
+        except ValueError as exc:
+            self._fail(exc)
+        # TLS may hold decrypted bytes already: no readiness event would tell.
+        self._loop.call_soon(self._on_readable)
+
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the stream closed, if it failed."""
+        return self._error
+
+    def set_close_callback(self, callback: Callable[[], None] | None) -> None:
+        """Call *callback* once when the stream closes, however it does."""
+        self._close_callback = callback
+
+    # -- reading ------------------------------------------------------------
+
+    async def read_message(self) -> tuple[list[memoryview], int]:
+        """The next message's frames and total size."""
+        if not self._messages:
+            if self._closed:
+                raise self._closed_error()
+            self._reader = self._loop.create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        frames_, size = self._messages.popleft()
+        self._queued_bytes -= size
+        if not self._events & _READ and not self._closed:
+            self._set_events(self._events | _READ)  # caught up: read ahead again
+        return frames_, size
+
+    def _on_readable(self) -> None:
+        if self._closed:
+            return
+        decoder, recv_into, tls = self._decoder, self.socket.recv_into, self._tls
+        queued = len(self._messages)
+        try:
+            while True:
+                target = decoder.buffer()
+                count = recv_into(target)
+                if not count:
+                    raise StreamClosedError()
+                decoder.received(count)
+                if count < target.nbytes and not (tls and self.socket.pending()):
+                    break
+        except _WOULD_BLOCK:
+            pass
+        except (OSError, StreamClosedError, ValueError) as exc:
+            self._fail(exc)
+            return
+        if len(self._messages) > queued:
+            arrived = itertools.islice(self._messages, queued, None)
+            self._queued_bytes += sum(size for _, size in arrived)
+            if (
+                len(self._messages) >= _MAX_QUEUED_MESSAGES
+                or self._queued_bytes >= _MAX_QUEUED_BYTES
+            ):
+                self._set_events(self._events & ~_READ)
+            reader = self._reader
+            if reader is not None and not reader.done():
+                reader.set_result(None)
+
+    # -- writing ------------------------------------------------------------
+
+    def write(self, parts: Sequence[bytes | memoryview]) -> None:
+        """Send *parts* (byte buffers) in order, queueing what the kernel does
+        not take now. The buffers are referenced, not copied, until sent."""
+        if self._closed:
+            raise self._closed_error()
+        was_idle = not self._writes
+        self._writes.extend(parts)
+        if was_idle:
+            self._flush()
+            if self._closed:
+                raise self._closed_error()
+
+    def writing(self) -> bool:
+        """Whether some written bytes are not sent yet."""
+        return bool(self._writes)
+
+    async def drain(self) -> None:
+        """Wait until everything written is sent."""
+        if self._writes and not self._closed:
+            waiter = self._loop.create_future()
+            self._drainers.append(waiter)
+            await waiter
+        if self._closed and self._error is not None:
+            raise self._closed_error()
+
+    def _flush(self) -> None:
+        writes, sock = self._writes, self.socket
+        try:
+            while writes:
+                if self._tls:
+                    sent = sock.send(writes[0])
+                elif len(writes) == 1:
+                    sent = sock.send(writes[0])
+                else:
+                    sent = sock.sendmsg(itertools.islice(writes, _MAX_BUFFERS))
+                if not _consume(writes, sent):
+                    break  # the kernel took less: wait until it has room
+        except _WOULD_BLOCK:
+            pass
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if writes:
+            if not self._events & _WRITE:
+                self._set_events(self._events | _WRITE)
+            return
+        if self._events & _WRITE:
+            self._set_events(self._events & ~_WRITE)
+        drainers, self._drainers = self._drainers, []
+        for waiter in drainers:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- events and closing ---------------------------------------------------
+
+    def _on_events(self, fd: int, events: int) -> None:
+        if events & _READ:
+            self._on_readable()
+        if events & _WRITE and not self._closed:
+            self._flush()
+
+    def _set_events(self, events: int) -> None:
+        self._events = events
+        self._io_loop.update_handler(self._fd, events)
+
+    def _closed_error(self) -> BaseException:
+        if isinstance(self._error, ValueError):
+            return self._error
+        return StreamClosedError(real_error=self._error)
+
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, StreamClosedError):  # the peer closed: no error of ours
+            exc = exc.real_error
+        self._error = exc
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket at once; waiting readers and drainers get the error."""
+        if self._closed:
+            return
+        self._closed = True
+        self._io_loop.remove_handler(self._fd)
+        self.socket.close()
+        self._writes.clear()
+        error = self._closed_error()
+        reader = self._reader
+        if reader is not None and not reader.done() and self._messages:
+            reader.set_result(None)  # messages that arrived before the end come first
+        for waiter in [reader, *self._drainers]:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: a reader may have gone away
+        self._drainers = []
+        callback, self._close_callback = self._close_callback, None
+        if callback is not None:
+            callback()
+
+
+def _consume(buffers: deque, sent: int) -> bool:
+    """Drop *sent* bytes off the front of *buffers*; whether all of them went."""
+    while sent:
+        first = buffers[0]
+        size = len(first) if isinstance(first, bytes) else first.nbytes
+        if sent < size:
+            buffers[0] = memoryview(first)[sent:]
+            return False
+        buffers.popleft()
+        sent -= size
+    return True
