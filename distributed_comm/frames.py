@@ -366,6 +366,7 @@ class Decoder:
         self._targets.popleft()
         if not self._targets:
             self.messages.append((self._frames, self._size))
+            self._frames = []  # the reader owns them now: don't keep them alive
 
     def _renew(self, size: int) -> None:
         """Continue in a fresh read-ahead buffer of at least *size* bytes,
@@ -419,11 +420,11 @@ class Decoder:
                 msg_frames.append(buffer)
                 if length:
                     self._targets.extend(chunks(buffer))
-            self._frames = msg_frames
-            if not self._targets:
-                self.messages.append((msg_frames, self._size))
-            else:
+            if self._targets:
+                self._frames = msg_frames
                 self._take_read_ahead()
+            else:
+                self.messages.append((msg_frames, self._size))
             ahead = self._ahead
 
     def _take_read_ahead(self) -> None:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from distributed_comm import config, frames
-from distributed_comm.frames import U64, Limits
+from distributed_comm.frames import U64, Decoder, Limits
 
 LIMITS = Limits(max_frames=1000, max_message_size=2**30)
 
@@ -22,16 +22,13 @@ def stream_bytes(msg_frames: list) -> bytes:
 
 
 def read_back(data: bytes, limits: Limits = LIMITS) -> list[bytes]:
-    """What a reader does: H, then H bytes, then each remaining frame on its own."""
-    (head_size,) = U64.unpack_from(data)
-    limits.check_head_size(head_size)
-    head = memoryview(bytearray(data[8 : 8 + head_size]))
-    got, missing = limits.split_head(head)
-    position = 8 + head_size
-    for length in missing:
-        got.append(memoryview(data[position : position + length]))
-        position += length
-    assert position == len(data), "reader must consume exactly the message"
+    """What a reader gets from exactly one message's bytes."""
+    decoder = Decoder(limits)
+    decoder.feed(data)
+    assert len(decoder.messages) == 1, "reader must find exactly one message"
+    assert decoder.at_message_boundary(), "reader must consume exactly the message"
+    got, size = decoder.messages.popleft()
+    assert size == len(data) - 8
     return [bytes(f) for f in got]
 
 
@@ -182,3 +179,105 @@ def test_empty_buffer_is_writeable_and_owns_its_memory(size):
         buffer[0] = 1
         other[0] = 2
         assert buffer[0] == 1
+
+
+# --- Decoder: a byte stream, received in any pieces, back into messages ---------
+
+
+def receive(decoder: Decoder, data: bytes, pieces: list[int]) -> None:
+    """Hand *data* to *decoder* the way a socket would, in pieces of the given sizes."""
+    position, sizes = 0, iter(pieces)
+    while position < len(data):
+        target = decoder.buffer()
+        assert target.nbytes > 0 and not target.readonly
+        count = min(target.nbytes, len(data) - position, next(sizes, len(data)) or 1)
+        target[:count] = data[position : position + count]
+        position += count
+        decoder.received(count)
+
+
+frame_sizes = st.sampled_from([0, 1, 7, 100, frames.HEAD_FRAME_MAX + 1, 70_000, 300_000])
+
+
+@given(
+    st.lists(st.lists(frame_sizes, min_size=1, max_size=5), min_size=1, max_size=6),
+    st.lists(st.integers(1, 200_000), max_size=50),
+)
+def test_decoder_finds_every_message_whatever_the_pieces(messages, pieces):
+    sent = [[bytes([n % 251]) * size for n, size in enumerate(sizes)] for sizes in messages]
+    data = b"".join(stream_bytes(m) for m in sent)
+    decoder = Decoder(LIMITS)
+    receive(decoder, data, pieces)
+    got = list(decoder.messages)
+    assert [[bytes(f) for f in msg_frames] for msg_frames, _ in got] == sent
+    assert [size for _, size in got] == [len(stream_bytes(m)) - 8 for m in sent]
+    assert decoder.at_message_boundary()
+
+
+def test_small_messages_are_cut_from_one_receive():
+    data = b"".join(stream_bytes([b"op", b"x" * n]) for n in range(50))
+    decoder = Decoder(LIMITS)
+    target = decoder.buffer()
+    assert target.nbytes >= len(data)  # one recv_into takes them all
+    target[: len(data)] = data
+    decoder.received(len(data))
+    assert [bytes(f[1]) for f, _ in decoder.messages] == [b"x" * n for n in range(50)]
+
+
+def test_large_frames_are_received_straight_into_their_own_buffer():
+    big = bytes(range(256)) * 4096  # 1 MiB
+    data = stream_bytes([b"header", big, b"tail"])
+    decoder = Decoder(LIMITS)
+    decoder.feed(data[:100])  # the prelude and a little of the head
+    target = decoder.buffer()
+    receive(decoder, data[100:], [])
+    ((msg_frames, _),) = decoder.messages
+    assert bytes(msg_frames[1]) == big
+    # the receive went into the frame's memory: no copy out of a read-ahead buffer
+    assert target.obj is msg_frames[1].obj
+    import numpy
+
+    assert numpy.frombuffer(msg_frames[1], "u1").ctypes.data % frames.ALIGNMENT == 0
+
+
+def test_a_message_straddling_the_read_ahead_buffer_is_carried_over():
+    data = b"".join(stream_bytes([b"y" * 90_000]) for _ in range(3))
+    decoder = Decoder(LIMITS)
+    receive(decoder, data, [frames.READ_AHEAD - 5, 7, 50_000])
+    assert [bytes(f[0]) for f, _ in decoder.messages] == [b"y" * 90_000] * 3
+
+
+def test_decoder_keeps_no_finished_message_alive():
+    """A found message belongs to its reader: dropping it frees its memory."""
+    import weakref
+
+    decoder = Decoder(LIMITS)
+    decoder.feed(stream_bytes([b"h", bytes(1_000_000)]))
+    ((msg_frames, _),) = decoder.messages
+    owner = weakref.ref(msg_frames[1].obj)
+    decoder.messages.clear()
+    del msg_frames
+    assert owner() is None
+
+
+def test_partial_message_is_not_at_a_boundary():
+    data = stream_bytes([b"abc", bytes(200_000)])
+    decoder = Decoder(LIMITS)
+    decoder.feed(data[:-1])
+    assert not decoder.messages and not decoder.at_message_boundary()
+    decoder.feed(data[-1:])
+    assert len(decoder.messages) == 1 and decoder.at_message_boundary()
+
+
+@pytest.mark.parametrize(
+    ("announced", "match"),
+    [
+        (struct.pack("<Q", 2**62), "outside"),  # H alone: refused from 8 bytes
+        (struct.pack("<2Q", 2**20, 10**9), "frames; the limit"),  # huge count from 16 bytes
+        (struct.pack("<3Q", 2**20, 1, 2**40), "max-message-size"),  # 1 TiB frame
+    ],
+)
+def test_decoder_refuses_lies_before_allocating(announced, match):
+    decoder = Decoder(LIMITS)
+    with pytest.raises(ValueError, match=match):
+        decoder.feed(announced)
