@@ -74,7 +74,8 @@ def rough_nbytes(obj: Any, depth: int = _DEPTH) -> int:
         return len(obj)
     if obj is None or isinstance(obj, (int, float, bool)):
         return 8
-    size = getattr(obj, "nbytes", None)
+    # A plain dict (most messages) has no ``nbytes``: skip the failing lookup.
+    size = None if type(obj) is dict else getattr(obj, "nbytes", None)
     if isinstance(size, int):
         return size
     if depth == 0:

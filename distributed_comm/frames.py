@@ -170,7 +170,7 @@ class Limits:
     making this process allocate memory it never gets data for.
     """
 
-    __slots__ = ("max_frames", "max_message_size")
+    __slots__ = ("max_frames", "max_message_size", "_largest_head")
 
     def __init__(self, max_frames: int, max_message_size: int) -> None:
         if max_frames < 0 or max_message_size < 0:
@@ -180,6 +180,7 @@ class Limits:
             )
         self.max_frames = max_frames
         self.max_message_size = max_message_size
+        self._largest_head = U64.size * (max_frames + 1) + max_message_size
 
     @classmethod
     def from_config(cls) -> Limits:
@@ -194,7 +195,7 @@ class Limits:
 
     def check_head_size(self, head: int) -> None:
         """Refuse a head region (``H``) larger than any acceptable message."""
-        largest = U64.size * (self.max_frames + 1) + self.max_message_size
+        largest = self._largest_head
         if head < U64.size or head > largest:
             raise ValueError(
                 f"message head of {head} bytes is outside 8..{largest} "
@@ -224,7 +225,7 @@ class Limits:
         (count,) = U64.unpack_from(prelude)
         self.check_count(count, head_size)
         start = U64.size * (count + 1)
-        lengths = list(struct.unpack_from(f"<{count}Q", prelude, U64.size))
+        lengths = list(_lengths_format(count).unpack_from(prelude, U64.size))
         size = sum(lengths)
         if size > self.max_message_size:
             raise ValueError(
@@ -250,6 +251,12 @@ class Limits:
         lengths, k = self.parse_prelude(head, head.nbytes)
         start = U64.size * (len(lengths) + 1)
         return slice_frames(head[start:], lengths[:k]), lengths[k:]
+
+
+@functools.lru_cache(maxsize=64)
+def _lengths_format(count: int) -> struct.Struct:
+    """The layout of *count* frame lengths (messages reuse a few counts)."""
+    return struct.Struct(f"<{count}Q")
 
 
 def slice_frames(buffer: memoryview, lengths: Sequence[int]) -> list[memoryview]:
