@@ -74,7 +74,6 @@ class SocketStream:
         self.socket = sock
         self._decoder = frames.Decoder(limits)
         self._messages = self._decoder.messages
-        self._queued_bytes = 0
         self._reader: asyncio.Future | None = None
         self._writes: deque[memoryview | bytes] = deque()
         self._drainers: list[asyncio.Future] = []
@@ -86,11 +85,14 @@ class SocketStream:
         self._fd = sock.fileno()
         self._events = _READ
         self._tls = isinstance(sock, ssl.SSLSocket)
+        #: Several buffers per system call (TLS and Windows sockets have no ``sendmsg``).
+        self._gather = not self._tls and hasattr(sock, "sendmsg")
         self._io_loop.add_handler(self._fd, self._on_events, _READ)
         try:
             self._decoder.feed(buffered)
         except ValueError as exc:
             self._fail(exc)
+        self._queued_bytes = sum(size for _, size in self._messages)
         # TLS may hold decrypted bytes already: no readiness event would tell.
         self._loop.call_soon(self._on_readable)
 
@@ -113,6 +115,8 @@ class SocketStream:
         if not self._messages:
             if self._closed:
                 raise self._closed_error()
+            if self._reader is not None:
+                raise RuntimeError(f"{self!r} is already being read by another task")
             self._reader = self._loop.create_future()
             try:
                 await self._reader
@@ -136,7 +140,9 @@ class SocketStream:
                 if not count:
                     raise StreamClosedError()
                 decoder.received(count)
-                if count < target.nbytes and not (tls and self.socket.pending()):
+                # A short plain read means the kernel has nothing more; TLS
+                # hands out one record (16 KiB) at a time, so ask until it says so.
+                if count < target.nbytes and not tls:
                     break
         except _WOULD_BLOCK:
             pass
@@ -186,12 +192,10 @@ class SocketStream:
         writes, sock = self._writes, self.socket
         try:
             while writes:
-                if self._tls:
-                    sent = sock.send(writes[0])
-                elif len(writes) == 1:
-                    sent = sock.send(writes[0])
-                else:
+                if self._gather and len(writes) > 1:
                     sent = sock.sendmsg(itertools.islice(writes, _MAX_BUFFERS))
+                else:
+                    sent = sock.send(writes[0])
                 if not _consume(writes, sent):
                     break  # the kernel took less: wait until it has room
         except _WOULD_BLOCK:

@@ -120,3 +120,17 @@ async def test_take_socket_keeps_what_tornado_already_read():
     assert got == [b"\0", b"\1", b"\2"]
     a.close()
     receiver.close()
+
+
+async def test_a_second_concurrent_reader_is_refused():
+    a, b = tcp_pair()
+    receiver = SocketStream(b, LIMITS)
+    first = asyncio.ensure_future(receiver.read_message())
+    await asyncio.sleep(0.01)
+    with pytest.raises(RuntimeError, match="already being read"):
+        await receiver.read_message()
+    a.sendall(b"".join(message(b"x")))
+    got, _ = await asyncio.wait_for(first, 5)  # the first reader is still served
+    assert bytes(got[0]) == b"x"
+    a.close()
+    receiver.close()
