@@ -361,6 +361,11 @@ class Decoder:
             view = view[count:]
             self.received(count)
 
+    @property
+    def in_frame(self) -> bool:
+        """Whether :meth:`buffer` is inside a large frame's own buffer (not reading ahead)."""
+        return bool(self._targets)
+
     def at_message_boundary(self) -> bool:
         """Whether no message is partly received (the stream may end cleanly here)."""
         return not self._targets and self._start == self._end

