@@ -122,7 +122,7 @@ class SocketStream:
         """The next message's frames and total size."""
         if not self._messages:
             if self._closed:
-                raise self._closed_error()
+                raise self._read_error()
             if self._reader is not None:
                 raise RuntimeError(f"{self!r} is already being read by another task")
             self._reader = self._loop.create_future()
@@ -238,10 +238,15 @@ class SocketStream:
         self._events = events
         self._io_loop.update_handler(self._fd, events)
 
-    def _closed_error(self) -> BaseException:
+    def _closed_error(self) -> StreamClosedError:
+        return StreamClosedError(real_error=self._error)
+
+    def _read_error(self) -> BaseException:
+        """What a reader gets once the messages run out: a peer that broke
+        the framing or the limits is a ``ValueError`` saying how."""
         if isinstance(self._error, ValueError):
             return self._error
-        return StreamClosedError(real_error=self._error)
+        return self._closed_error()
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, StreamClosedError):  # the peer closed: no error of ours
@@ -257,18 +262,24 @@ class SocketStream:
         self._io_loop.remove_handler(self._fd)
         self.socket.close()
         self._writes.clear()
-        error = self._closed_error()
         reader = self._reader
-        if reader is not None and not reader.done() and self._messages:
-            reader.set_result(None)  # messages that arrived before the end come first
-        for waiter in [reader, *self._drainers]:
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(error)
-                waiter.exception()  # retrieved: a reader may have gone away
+        if reader is not None and not reader.done():
+            if self._messages:
+                reader.set_result(None)  # messages that arrived before the end come first
+            else:
+                _fail_waiter(reader, self._read_error())
+        for waiter in self._drainers:
+            _fail_waiter(waiter, self._closed_error())
         self._drainers = []
         callback, self._close_callback = self._close_callback, None
         if callback is not None:
             callback()
+
+
+def _fail_waiter(waiter: asyncio.Future, error: BaseException) -> None:
+    if not waiter.done():
+        waiter.set_exception(error)
+        waiter.exception()  # retrieved: its task may be gone already
 
 
 def _consume(buffers: deque, sent: int) -> bool:

@@ -134,3 +134,20 @@ async def test_a_second_concurrent_reader_is_refused():
     assert bytes(got[0]) == b"x"
     a.close()
     receiver.close()
+
+
+async def test_after_a_framing_error_writes_get_a_closed_stream_error():
+    """Only the reader hears why (ValueError); writers just find the stream closed."""
+    a, b = tcp_pair()
+    receiver = SocketStream(b, LIMITS)
+    a.sendall(frames.U64.pack(2**62))
+    for _ in range(100):
+        if receiver.closed():
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(StreamClosedError) as info:
+        receiver.write([b"x"])
+    assert isinstance(info.value.real_error, ValueError)
+    with pytest.raises(ValueError, match="outside"):
+        await receiver.read_message()
+    a.close()
