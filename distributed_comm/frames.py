@@ -422,22 +422,32 @@ class Decoder:
                     self._wait_for(end - start)
                     return
                 lengths, k = limits.parse_prelude(ahead[start + U64.size : end], head_size)
-                region = aligned_buffer(lengths[:k])
-                msg_frames, missing = slice_frames(region, lengths[:k]), lengths[k:]
-                self._targets.extend(chunks(region) if region.nbytes else ())
+                msg_frames, missing = self._allocate(lengths[:k]), lengths[k:]
+            for length in missing:
+                msg_frames.extend(self._allocate([length]))
             self._start = end
             self._size = head_size + sum(missing)
-            for length in missing:
-                buffer = empty_buffer(length)
-                msg_frames.append(buffer)
-                if length:
-                    self._targets.extend(chunks(buffer))
             if self._targets:
                 self._frames = msg_frames
                 self._take_read_ahead()
             else:
                 self.messages.append((msg_frames, self._size))
             ahead = self._ahead
+
+    def _allocate(self, lengths: list[int]) -> list[memoryview]:
+        """Fresh buffers for consecutive frames (one aligned region), which
+        :meth:`buffer` will point into. Running out of memory is reported
+        like a broken limit: the frames cannot be skipped, so the stream
+        cannot go on."""
+        try:
+            region = aligned_buffer(lengths)
+        except MemoryError as exc:
+            raise ValueError(
+                f"cannot allocate {sum(lengths)} bytes for a message's frames: {exc!r}"
+            ) from exc
+        if region.nbytes:
+            self._targets.extend(chunks(region))
+        return slice_frames(region, lengths)
 
     def _take_read_ahead(self) -> None:
         """Move bytes already read ahead into the current message's buffers."""

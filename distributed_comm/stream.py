@@ -82,7 +82,7 @@ class SocketStream:
         self._decoder = frames.Decoder(limits)
         self._messages = self._decoder.messages
         self._reader: asyncio.Future | None = None
-        self._writes: deque[memoryview | bytes] = deque()
+        self._writes: deque[frames.Buffer] = deque()
         self._drainers: list[asyncio.Future] = []
         self._error: BaseException | None = None
         self._close_callback: Callable[[], None] | None = None
@@ -100,9 +100,7 @@ class SocketStream:
         except ValueError as exc:
             self._fail(exc)
         self._queued_bytes = sum(size for _, size in self._messages)
-        if self._tls and sock.pending():
-            # TLS holds decrypted bytes already: no readiness event would tell.
-            self._loop.call_soon(self._on_readable)
+        self._read_on_if_tls_holds_bytes()
 
     def closed(self) -> bool:
         return self._closed
@@ -134,7 +132,15 @@ class SocketStream:
         self._queued_bytes -= size
         if not self._events & _READ and not self._closed:
             self._set_events(self._events | _READ)  # caught up: read ahead again
+            self._read_on_if_tls_holds_bytes()
         return frames_, size
+
+    def _read_on_if_tls_holds_bytes(self) -> None:
+        """Come back for bytes TLS has decrypted but we have not taken (a read
+        cut short by its budget or by back-pressure): no readiness event
+        would announce them."""
+        if self._tls and self._events & _READ and not self._closed and self.socket.pending():
+            self._loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
         if self._closed:
@@ -158,9 +164,10 @@ class SocketStream:
                     break
         except _WOULD_BLOCK:
             pass
-        except (OSError, StreamClosedError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever broke, this stream cannot go on
             self._fail(exc)
             return
+        self._read_on_if_tls_holds_bytes()
         if len(self._messages) > queued:
             arrived = itertools.islice(self._messages, queued, None)
             self._queued_bytes += sum(size for _, size in arrived)
@@ -175,13 +182,13 @@ class SocketStream:
 
     # -- writing ------------------------------------------------------------
 
-    def write(self, parts: Sequence[bytes | memoryview]) -> None:
+    def write(self, parts: Sequence[frames.Buffer]) -> None:
         """Send *parts* (byte buffers) in order, queueing what the kernel does
         not take now. The buffers are referenced, not copied, until sent."""
         if self._closed:
             raise self._closed_error()
         was_idle = not self._writes
-        self._writes.extend(parts)
+        self._writes.extend(part for part in parts if frames.nbytes(part))
         if was_idle:
             self._flush()
             if self._closed:
@@ -212,7 +219,7 @@ class SocketStream:
                     break  # the kernel took less: wait until it has room
         except _WOULD_BLOCK:
             pass
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever broke, this stream cannot go on
             self._fail(exc)
             return
         if writes:
@@ -286,7 +293,7 @@ def _consume(buffers: deque, sent: int) -> bool:
     """Drop *sent* bytes off the front of *buffers*; whether all of them went."""
     while sent:
         first = buffers[0]
-        size = len(first) if isinstance(first, bytes) else first.nbytes
+        size = frames.nbytes(first)
         if sent < size:
             buffers[0] = memoryview(first)[sent:]
             return False

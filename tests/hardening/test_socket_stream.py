@@ -416,12 +416,6 @@ async def test_concurrent_reads_on_one_comm_do_not_hang(scheme, tls_contexts, lo
 # -- TLS ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SocketStream._on_readable stops at its per-event budget (_MAX_READ_PER_EVENT) "
-    "without checking ssl.SSLSocket.pending(): plaintext already decrypted into the SSL "
-    "object never raises another readiness event, so the last message waits forever",
-)
 async def test_tls_bytes_left_in_the_ssl_layer_at_the_read_budget_are_not_stranded(
     tls_contexts, monkeypatch, loop_errors
 ):
@@ -586,13 +580,6 @@ async def test_an_unclosed_comm_is_closed_with_a_warning_when_collected(caplog, 
 # -- a frame too large to allocate ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="frames.Decoder._parse moves past the prelude (self._start = end) before "
-    "allocating the frame buffers; a MemoryError there escapes SocketStream._on_readable "
-    "(it only catches OSError/StreamClosedError/ValueError) into the event loop, the "
-    "stream stays open and in the wrong place: the next bytes are read as a new message",
-)
 async def test_a_frame_too_large_to_allocate_fails_the_read(caplog, loop_errors):
     """Limits raised above what this machine can allocate (or a strict-overcommit
     host): the reader must get an error and the comm must end, not go on reading
@@ -634,12 +621,6 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stream._consume stops as soon as `sent` reaches 0, leaving an empty buffer at "
-    "the front; _flush then sends it, gets 0 back, `_consume(writes, 0)` says 'all sent' "
-    "and the `while writes` loop spins forever on the event loop thread",
-)
 def test_an_empty_buffer_among_the_parts_does_not_spin_forever():
     # In a child process: the bug blocks its event loop thread for good.
     try:
