@@ -83,12 +83,12 @@ def unpack_frames(
 #: The largest single send/recv: the ssl and socket layers take a C ``int``.
 C_INT_MAX = 2**31 - 1
 
-#: Messages smaller than this travel as one joined buffer (one copy is cheaper
-#: than handing the stream several small pieces).
+#: A reader takes heads up to this size out of its read-ahead buffer; larger
+#: ones (carrying large frames) get a buffer of their own.
 SMALL_MESSAGE = 2**17
-#: ...and so do fragmented ones: under this total with a mean frame under
-#: :data:`SMALL_FRAME`.
-FRAGMENTED_MESSAGE = 2**25
+#: Frames up to this size are copied into one buffer with their neighbours
+#: when sent (cheaper than one more buffer per system call, or one more TLS
+#: record); larger ones are sent from the caller's memory.
 SMALL_FRAME = 2**15
 #: Leading frames up to this size are read together with the prelude; larger
 #: ones get a buffer of their own so their memory can be freed independently.
@@ -125,10 +125,10 @@ def head_count(frames: Sequence[Buffer], lengths: Sequence[int]) -> int:
 def encode(frames: Sequence[Buffer]) -> tuple[list[Buffer], int]:
     """The buffers to hand to the stream for one message, and their total size.
 
-    Small or fragmented messages become one joined ``bytes``; otherwise the
-    result is ``[header, *frames]`` with every frame passed through untouched
-    (as a byte-cast view, cut at :data:`C_INT_MAX`), so large payloads are
-    never copied.
+    The header and each run of small frames (up to :data:`SMALL_FRAME`)
+    become one joined ``bytes``, so a small message is a single buffer;
+    larger frames pass through untouched (as byte-cast views, cut at
+    :data:`C_INT_MAX`), so large payloads are never copied.
     """
     lengths = [nbytes(frame) for frame in frames]
     count = len(lengths)
@@ -136,14 +136,21 @@ def encode(frames: Sequence[Buffer]) -> tuple[list[Buffer], int]:
     head = U64.size * (count + 1) + sum(lengths[:k])
     header = struct.pack(f"<{count + 2}Q", head, count, *lengths)
     total = len(header) + sum(lengths)
-    if total < SMALL_MESSAGE or (total < FRAGMENTED_MESSAGE and total // (count + 1) < SMALL_FRAME):
-        return [b"".join([header, *frames])], total
-    parts: list[Buffer] = [header]
+    parts: list[Buffer] = []
+    small: list[Buffer] = [header]
     for frame, length in zip(frames, lengths, strict=True):
-        if length > C_INT_MAX:
-            parts.extend(chunks(memoryview(frame).cast("B")))
-        elif length:
-            parts.append(frame if isinstance(frame, bytes) else memoryview(frame).cast("B"))
+        if length <= SMALL_FRAME:
+            small.append(frame)
+            continue
+        if small:
+            parts.append(b"".join(small))
+            small = []
+        view = memoryview(frame).cast("B")
+        parts.extend(
+            chunks(view) if length > C_INT_MAX else [frame if isinstance(frame, bytes) else view]
+        )
+    if small:
+        parts.append(b"".join(small))
     return parts, total
 
 

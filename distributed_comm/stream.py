@@ -28,8 +28,11 @@ from distributed_comm import frames
 
 __all__ = ["SocketStream", "take_socket"]
 
-#: ``sendmsg`` takes at most this many buffers per call (``IOV_MAX`` on Linux).
+#: ``sendmsg`` takes at most this many buffers per call (``IOV_MAX`` on Linux)...
 _MAX_BUFFERS = 1024
+#: ...and we offer it about this many bytes: more than a socket buffer takes at
+#: once, without handing over (and Python preparing) buffers it will not send.
+_SEND_BATCH = 2**22
 #: Stop reading ahead while this many complete messages wait to be read, or
 #: this many bytes (a slow reader must not make us buffer without limit).
 _MAX_QUEUED_MESSAGES = 1024
@@ -212,7 +215,7 @@ class SocketStream:
         try:
             while writes:
                 if self._gather and len(writes) > 1:
-                    sent = sock.sendmsg(itertools.islice(writes, _MAX_BUFFERS))
+                    sent = sock.sendmsg(_batch(writes))
                 else:
                     sent = sock.send(writes[0])
                 if not _consume(writes, sent):
@@ -287,6 +290,17 @@ def _fail_waiter(waiter: asyncio.Future, error: BaseException) -> None:
     if not waiter.done():
         waiter.set_exception(error)
         waiter.exception()  # retrieved: its task may be gone already
+
+
+def _batch(buffers: deque) -> list:
+    """The leading buffers one ``sendmsg`` call is offered."""
+    batch, size = [], 0
+    for buffer in buffers:
+        batch.append(buffer)
+        size += frames.nbytes(buffer)
+        if size >= _SEND_BATCH or len(batch) == _MAX_BUFFERS:
+            break
+    return batch
 
 
 def _consume(buffers: deque, sent: int) -> bool:

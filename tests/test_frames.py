@@ -50,8 +50,8 @@ def test_layout_is_h_then_prelude_then_frames():
 def test_large_frames_are_views_of_the_callers_memory_and_read_separately():
     big = bytearray(b"x" * (frames.SMALL_MESSAGE + 1))
     parts, total = frames.encode([b"head", big, b"tail"])
-    assert len(parts) == 4
-    assert isinstance(parts[2], memoryview) and parts[2].obj is big  # not copied
+    assert len(parts) == 3  # header + small head frame joined, the large frame, the tail
+    assert isinstance(parts[1], memoryview) and parts[1].obj is big  # not copied
     assert total == 8 * 5 + 4 + len(big) + 4
     (head_size,) = U64.unpack_from(parts[0])
     assert head_size == 8 * 4 + 4 + len(big)  # K = 2: the large frame joins a tiny head
@@ -63,6 +63,15 @@ def test_fragmented_messages_are_joined():
     parts, _ = frames.encode(many)
     assert len(parts) == 1
     assert read_back(parts[0]) == many
+
+
+def test_medium_frames_are_sent_from_the_callers_memory():
+    """Only frames up to SMALL_FRAME are copied; a 64 KiB payload is not."""
+    payload = bytearray(b"p" * 2**16)
+    parts, _ = frames.encode([b"header", payload, b"a", b"b"])
+    assert len(parts) == 3
+    assert isinstance(parts[1], memoryview) and parts[1].obj is payload
+    assert parts[2] == b"ab"  # small frames after it are joined again
 
 
 def test_head_count():
@@ -110,8 +119,8 @@ def test_frames_over_c_int_max_are_chunked(monkeypatch):
     monkeypatch.setattr(frames, "C_INT_MAX", 2**20)
     frame = bytearray(3 * 2**20 + 5)
     parts, total = frames.encode([b"h", frame])
-    assert [p.nbytes for p in parts[2:]] == [2**20, 2**20, 2**20, 5]
-    assert all(p.obj is frame for p in parts[2:])
+    assert [p.nbytes for p in parts[1:]] == [2**20, 2**20, 2**20, 5]
+    assert all(p.obj is frame for p in parts[1:])
     assert total == 8 * 4 + 1 + len(frame)
 
 
