@@ -90,6 +90,7 @@ class SocketStream:
         self._error: BaseException | None = None
         self._close_callback: Callable[[], None] | None = None
         self._closed = False
+        self._close_when_sent = False
         self._loop = asyncio.get_running_loop()
         self._io_loop = IOLoop.current()
         self._fd = sock.fileno()
@@ -229,6 +230,9 @@ class SocketStream:
             if not self._events & _WRITE:
                 self._set_events(self._events | _WRITE)
             return
+        if self._close_when_sent:
+            self.close()
+            return
         if self._events & _WRITE:
             self._set_events(self._events & ~_WRITE)
         drainers, self._drainers = self._drainers, []
@@ -263,6 +267,14 @@ class SocketStream:
             exc = exc.real_error
         self._error = exc
         self.close()
+
+    def close_after_writes(self) -> None:
+        """Close once everything written is sent (at once if nothing is pending),
+        with no task to wait on it: for a comm nobody holds any more."""
+        if not self._writes:
+            self.close()
+        else:
+            self._close_when_sent = True
 
     def close(self) -> None:
         """Close the socket at once; waiting readers and drainers get the error."""

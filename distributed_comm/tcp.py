@@ -124,7 +124,7 @@ def _location(name: tuple | str | bytes) -> str:
 def _close_dangling(stream: SocketStream, description: str) -> None:
     if not stream.closed():
         logger.warning("closing dangling stream in %s", description)
-        stream.close()
+        stream.close_after_writes()  # what was written still reaches the peer
 
 
 class _Settings:

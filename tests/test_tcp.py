@@ -525,6 +525,27 @@ async def test_dangling_comm_is_closed_with_a_warning(caplog):
     listener.stop()
 
 
+async def test_a_dangling_comm_still_delivers_what_it_wrote(caplog):
+    """A handler that writes and returns without closing: its messages arrive,
+    then the end (the comm is closed once its writes are sent, not before)."""
+    payload = np.arange(16 * MiB, dtype="u1")
+
+    async def write_and_forget(c):
+        for i in range(3):
+            await c.write({"i": i, "x": to_serialize(payload)})
+
+    with caplog.at_level(logging.WARNING, logger="distributed_comm.tcp"):
+        listener, client = await pair("tcp", None, write_and_forget)
+        for i in range(3):
+            msg = await asyncio.wait_for(client.read(), 20)
+            assert msg["i"] == i
+            np.testing.assert_array_equal(msg["x"], payload)
+        with pytest.raises(comm.CommClosedError):
+            await asyncio.wait_for(client.read(), 20)
+    assert "dangling" in caplog.text
+    listener.stop()
+
+
 async def test_socket_options():
     listener, client = await pair("tcp", None)
     sock = client.stream.socket
