@@ -99,11 +99,13 @@ class SocketStream:
         #: Several buffers per system call (TLS and Windows sockets have no ``sendmsg``).
         self._gather = not self._tls and hasattr(sock, "sendmsg")
         self._io_loop.add_handler(self._fd, self._on_events, _READ)
+        self._queued_bytes = 0
         try:
             self._decoder.feed(buffered)
         except ValueError as exc:
             self._fail(exc)
-        self._queued_bytes = sum(size for _, size in self._messages)
+            return
+        self._arrived(0)
         self._read_on_if_tls_holds_bytes()
 
     def closed(self) -> bool:
@@ -172,17 +174,20 @@ class SocketStream:
             self._fail(exc)
             return
         self._read_on_if_tls_holds_bytes()
-        if len(self._messages) > queued:
-            arrived = itertools.islice(self._messages, queued, None)
-            self._queued_bytes += sum(size for _, size in arrived)
-            if (
-                len(self._messages) >= _MAX_QUEUED_MESSAGES
-                or self._queued_bytes >= _MAX_QUEUED_BYTES
-            ):
-                self._set_events(self._events & ~_READ)
-            reader = self._reader
-            if reader is not None and not reader.done():
-                reader.set_result(None)
+        self._arrived(queued)
+
+    def _arrived(self, queued: int) -> None:
+        """The messages after the first *queued* just arrived: count them
+        against the read-ahead limits and wake the waiting reader."""
+        if len(self._messages) == queued:
+            return
+        arrived = itertools.islice(self._messages, queued, None)
+        self._queued_bytes += sum(size for _, size in arrived)
+        if len(self._messages) >= _MAX_QUEUED_MESSAGES or self._queued_bytes >= _MAX_QUEUED_BYTES:
+            self._set_events(self._events & ~_READ)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
 
     # -- writing ------------------------------------------------------------
 

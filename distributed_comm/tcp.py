@@ -263,7 +263,9 @@ class CodecComm(Comm):
 
 
 class TCP(CodecComm):
-    """A comm over a Tornado ``IOStream``, moving frames as WIRE.md section 1 lays them out."""
+    """A comm over the socket of a connected Tornado ``IOStream``, moving frames
+    as WIRE.md section 1 lays them out (the socket is taken over: see
+    :mod:`distributed_comm.stream`)."""
 
     stream: SocketStream | None
 
