@@ -21,6 +21,8 @@ from distributed_comm import config
 Buffer = bytes | bytearray | memoryview
 
 U64 = struct.Struct("<Q")
+#: ``H``, the frame count and the one frame length of a one-frame message.
+_SINGLE_FRAME_HEADER = struct.Struct("<3Q")
 
 
 def nbytes(frame: Buffer) -> int:
@@ -130,6 +132,12 @@ def encode(frames: Sequence[Buffer]) -> tuple[list[Buffer], int]:
     larger frames pass through untouched (as byte-cast views, cut at
     :data:`C_INT_MAX`), so large payloads are never copied.
     """
+    if len(frames) == 1 and type(frames[0]) is bytes and len(frames[0]) <= SMALL_FRAME:
+        # A small one-frame message (a ``{"op": ...}`` dict): the hot path.
+        body = frames[0]
+        size = len(body)
+        header = _SINGLE_FRAME_HEADER.pack(U64.size * 2 + size, 1, size)
+        return [header + body], _SINGLE_FRAME_HEADER.size + size
     lengths = [nbytes(frame) for frame in frames]
     count = len(lengths)
     k = head_count(frames, lengths)
@@ -336,6 +344,15 @@ class Decoder:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.messages: deque[tuple[list[memoryview], int]] = deque()
+        #: The sizes of :attr:`messages` added up (take messages with :meth:`pop`).
+        self.queued_bytes = 0
+        #: The largest head a one-frame message may have to be taken by the
+        #: fast path of :meth:`_parse` (it needs no other limit check).
+        self._single_frame_head_max = (
+            min(SMALL_MESSAGE, U64.size * 2 + limits.max_message_size)
+            if limits.max_frames >= 1
+            else 0
+        )
         self._ahead = memoryview(bytearray(READ_AHEAD))
         self._start = self._end = 0  # bytes not parsed yet: _ahead[_start:_end]
         self._targets: deque[memoryview] = deque()  # where the current message's rest goes
@@ -357,6 +374,12 @@ class Decoder:
         else:
             self._end += count
             self._parse()
+
+    def pop(self) -> tuple[list[memoryview], int]:
+        """The first complete message: ``(frames, size)``."""
+        message = self.messages.popleft()
+        self.queued_bytes -= message[1]
+        return message
 
     def feed(self, data: Buffer) -> None:
         """Take bytes received elsewhere (they are copied)."""
@@ -384,8 +407,12 @@ class Decoder:
             return
         self._targets.popleft()
         if not self._targets:
-            self.messages.append((self._frames, self._size))
+            self._complete(self._frames, self._size)
             self._frames = []  # the reader owns them now: don't keep them alive
+
+    def _complete(self, msg_frames: list[memoryview], size: int) -> None:
+        self.messages.append((msg_frames, size))
+        self.queued_bytes += size
 
     def _renew(self, size: int) -> None:
         """Continue in a fresh read-ahead buffer of at least *size* bytes,
@@ -405,6 +432,20 @@ class Decoder:
         while not self._targets:
             start = self._start
             available = self._end - start
+            if available >= _SINGLE_FRAME_HEADER.size:
+                # The fast path: a small one-frame message (a ``{"op": ...}``
+                # dict), all here. Anything else takes the general path below.
+                head_size, count, length = _SINGLE_FRAME_HEADER.unpack_from(ahead, start)
+                end = start + U64.size + head_size
+                if (
+                    count == 1
+                    and head_size == U64.size * 2 + length
+                    and head_size <= self._single_frame_head_max
+                    and end <= self._end
+                ):
+                    self._complete([ahead[start + _SINGLE_FRAME_HEADER.size : end]], head_size)
+                    self._start = end
+                    continue
             if available < U64.size:
                 self._wait_for(U64.size)
                 return
@@ -438,7 +479,7 @@ class Decoder:
                 self._frames = msg_frames
                 self._take_read_ahead()
             else:
-                self.messages.append((msg_frames, self._size))
+                self._complete(msg_frames, self._size)
             ahead = self._ahead
 
     def _allocate(self, lengths: list[int]) -> list[memoryview]:

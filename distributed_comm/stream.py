@@ -15,13 +15,11 @@ system call (``sendmsg``), and only what the kernel does not take is queued.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 
 from distributed_comm import frames
@@ -46,9 +44,6 @@ _MAX_RECV = 2**18
 _MAX_READ_PER_EVENT = 2**24
 #: The socket has nothing more for now (or TLS needs more bytes first).
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-_READ = IOLoop.READ
-_WRITE = IOLoop.WRITE
 
 
 def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
@@ -92,14 +87,13 @@ class SocketStream:
         self._closed = False
         self._close_when_sent = False
         self._loop = asyncio.get_running_loop()
-        self._io_loop = IOLoop.current()
         self._fd = sock.fileno()
-        self._events = _READ
+        self._reading = True  # registered for readability
+        self._waiting_to_send = False  # registered for writability
         self._tls = isinstance(sock, ssl.SSLSocket)
         #: Several buffers per system call (TLS and Windows sockets have no ``sendmsg``).
         self._gather = not self._tls and hasattr(sock, "sendmsg")
-        self._io_loop.add_handler(self._fd, self._on_events, _READ)
-        self._queued_bytes = 0
+        self._loop.add_reader(self._fd, self._on_readable)
         try:
             self._decoder.feed(buffered)
         except ValueError as exc:
@@ -134,10 +128,10 @@ class SocketStream:
                 await self._reader
             finally:
                 self._reader = None
-        frames_, size = self._messages.popleft()
-        self._queued_bytes -= size
-        if not self._events & _READ and not self._closed:
-            self._set_events(self._events | _READ)  # caught up: read ahead again
+        frames_, size = self._decoder.pop()
+        if not self._reading and not self._closed:
+            self._reading = True  # caught up: read ahead again
+            self._loop.add_reader(self._fd, self._on_readable)
             self._read_on_if_tls_holds_bytes()
         return frames_, size
 
@@ -145,7 +139,7 @@ class SocketStream:
         """Come back for bytes TLS has decrypted but we have not taken (a read
         cut short by its budget or by back-pressure): no readiness event
         would announce them."""
-        if self._tls and self._events & _READ and not self._closed and self.socket.pending():
+        if self._tls and self._reading and not self._closed and self.socket.pending():
             self._loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
@@ -179,12 +173,12 @@ class SocketStream:
     def _arrived(self, queued: int) -> None:
         """The messages after the first *queued* just arrived: count them
         against the read-ahead limits and wake the waiting reader."""
-        if len(self._messages) == queued:
+        count = len(self._messages)
+        if count == queued:
             return
-        arrived = itertools.islice(self._messages, queued, None)
-        self._queued_bytes += sum(size for _, size in arrived)
-        if len(self._messages) >= _MAX_QUEUED_MESSAGES or self._queued_bytes >= _MAX_QUEUED_BYTES:
-            self._set_events(self._events & ~_READ)
+        if count >= _MAX_QUEUED_MESSAGES or self._decoder.queued_bytes >= _MAX_QUEUED_BYTES:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
         reader = self._reader
         if reader is not None and not reader.done():
             reader.set_result(None)
@@ -196,9 +190,12 @@ class SocketStream:
         not take now. The buffers are referenced, not copied, until sent."""
         if self._closed:
             raise self._closed_error()
-        was_idle = not self._writes
-        self._writes.extend(part for part in parts if frames.nbytes(part))
-        if was_idle:
+        writes = self._writes
+        was_idle = not writes
+        for part in parts:
+            if frames.nbytes(part):  # an empty one would never count as sent
+                writes.append(part)
+        if was_idle and writes:
             self._flush()
             if self._closed:
                 raise self._closed_error()
@@ -232,30 +229,23 @@ class SocketStream:
             self._fail(exc)
             return
         if writes:
-            if not self._events & _WRITE:
-                self._set_events(self._events | _WRITE)
+            if not self._waiting_to_send:
+                self._waiting_to_send = True
+                self._loop.add_writer(self._fd, self._flush)
             return
         if self._close_when_sent:
             self.close()
             return
-        if self._events & _WRITE:
-            self._set_events(self._events & ~_WRITE)
-        drainers, self._drainers = self._drainers, []
-        for waiter in drainers:
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._waiting_to_send:
+            self._waiting_to_send = False
+            self._loop.remove_writer(self._fd)
+        if self._drainers:
+            drainers, self._drainers = self._drainers, []
+            for waiter in drainers:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # -- events and closing ---------------------------------------------------
-
-    def _on_events(self, fd: int, events: int) -> None:
-        if events & _READ:
-            self._on_readable()
-        if events & _WRITE and not self._closed:
-            self._flush()
-
-    def _set_events(self, events: int) -> None:
-        self._events = events
-        self._io_loop.update_handler(self._fd, events)
 
     def _closed_error(self) -> StreamClosedError:
         return StreamClosedError(real_error=self._error)
@@ -286,7 +276,8 @@ class SocketStream:
         if self._closed:
             return
         self._closed = True
-        self._io_loop.remove_handler(self._fd)
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
         self.socket.close()
         self._writes.clear()
         reader = self._reader

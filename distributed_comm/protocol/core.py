@@ -195,6 +195,20 @@ class _Encoder:
         return self.frames
 
 
+def dumps_plain(msg: Any) -> bytes | None:
+    """*msg* as its one msgpack frame if msgpack alone encodes it (most control
+    messages), else ``None``: then it needs :func:`dumps` and its hooks.
+
+    Cheap to run on the event loop whatever the message: all of it happens in
+    msgpack's C code, which holds the GIL on any thread, so offloading it would
+    not keep the loop any more responsive.
+    """
+    try:
+        return _packb(msg, use_bin_type=True)
+    except (TypeError, OverflowError):
+        return None  # needs the hook: Serialize, ToPickle, set, Enum, ints beyond 64 bits...
+
+
 def dumps(
     msg: Any,
     serializers: Sequence[str] | None = None,
@@ -209,10 +223,9 @@ def dumps(
     names a codec.  Large frames are cut at *frame_split_size* (default: the
     ``distributed.comm.shard`` setting).
     """
-    try:
-        return [_packb(msg, use_bin_type=True)]
-    except (TypeError, OverflowError):
-        pass  # needs the hook: Serialize, ToPickle, set, Enum, ints beyond 64 bits...
+    body = dumps_plain(msg)
+    if body is not None:
+        return [body]
     return _Encoder(serializers, on_error, context, frame_split_size).encode(msg)
 
 
