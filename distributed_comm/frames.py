@@ -8,7 +8,6 @@ sockets; the transports decide when to read and write.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import struct
 from collections import deque
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 import psutil
 
 from distributed_comm import config
+from distributed_comm.buffers import empty_buffer
 
 Buffer = bytes | bytearray | memoryview
 
@@ -283,43 +283,6 @@ def slice_frames(buffer: memoryview, lengths: Sequence[int]) -> list[memoryview]
     return views
 
 
-#: Large frames read into a shared head buffer start at a multiple of this,
-#: so numpy arrays built on them are aligned for any dtype.
-ALIGNMENT = 64
-
-
-def aligned_buffer(lengths: Sequence[int]) -> memoryview:
-    """A fresh buffer for consecutive frames, placed so that the largest
-    frame starts on an :data:`ALIGNMENT` boundary."""
-    largest = max(range(len(lengths)), key=lengths.__getitem__, default=0)
-    before = sum(lengths[:largest])
-    pad = -before % ALIGNMENT
-    raw = empty_buffer(pad + sum(lengths) + ALIGNMENT)
-    shift = -_address(raw) % ALIGNMENT
-    return raw[shift + pad : shift + pad + sum(lengths)]
-
-
-def _address(buffer: memoryview) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer)) if buffer.nbytes else 0
-
-
-def empty_buffer(size: int) -> memoryview:
-    """A fresh, writeable, uninitialised buffer of *size* bytes that owns its memory.
-
-    numpy's ``empty`` skips the zero-fill ``bytearray`` would do, which
-    matters when the next step overwrites every byte from the socket anyway;
-    small buffers are plain ``bytearray`` (cheaper to make, nothing to skip).
-    """
-    if size > SMALL_FRAME:
-        try:
-            import numpy  # imported on first use: numpy is optional and slow to import
-        except ImportError:  # pragma: no cover - numpy is optional
-            pass
-        else:
-            return memoryview(numpy.empty(size, "u1"))
-    return memoryview(bytearray(size))
-
-
 #: How many bytes one receive asks for while reading ahead: enough for many
 #: small messages per system call.
 READ_AHEAD = 2**16
@@ -470,7 +433,11 @@ class Decoder:
                     self._wait_for(end - start)
                     return
                 lengths, k = limits.parse_prelude(ahead[start + U64.size : end], head_size)
-                msg_frames, missing = self._allocate(lengths[:k]), lengths[k:]
+                # The head's small leading frames apart from its large ones,
+                # so that a large payload's frames are exactly one buffer.
+                small = next((i for i in range(k) if lengths[i] > SMALL_FRAME), k)
+                msg_frames = self._allocate(lengths[:small]) + self._allocate(lengths[small:k])
+                missing = lengths[k:]
             for length in missing:
                 msg_frames.extend(self._allocate([length]))
             self._start = end
@@ -483,12 +450,12 @@ class Decoder:
             ahead = self._ahead
 
     def _allocate(self, lengths: list[int]) -> list[memoryview]:
-        """Fresh buffers for consecutive frames (one aligned region), which
+        """Fresh buffers for consecutive frames (one region), which
         :meth:`buffer` will point into. Running out of memory is reported
         like a broken limit: the frames cannot be skipped, so the stream
         cannot go on."""
         try:
-            region = aligned_buffer(lengths)
+            region = empty_buffer(sum(lengths))
         except MemoryError as exc:
             raise ValueError(
                 f"cannot allocate {sum(lengths)} bytes for a message's frames: {exc!r}"

@@ -106,13 +106,12 @@ def test_chunks_cut_at_the_limit():
     assert frames.chunks(view, 10)[0] is view
 
 
-def test_aligned_buffer_puts_the_largest_frame_on_a_boundary():
+def test_slice_frames_cuts_consecutive_views():
     lengths = [3, 5, 1000, 7]
-    buffer = frames.aligned_buffer(lengths)
-    assert buffer.nbytes == sum(lengths) and not buffer.readonly
+    buffer = memoryview(bytearray(range(256)) * 4)[: sum(lengths)]
     views = frames.slice_frames(buffer, lengths)
     assert [v.nbytes for v in views] == lengths
-    assert frames._address(views[2]) % frames.ALIGNMENT == 0
+    assert b"".join(views) == bytes(buffer)
 
 
 def test_frames_over_c_int_max_are_chunked(monkeypatch):
@@ -179,17 +178,6 @@ def test_negative_limits_are_refused():
         Limits(-1, 10)
 
 
-@pytest.mark.parametrize("size", [0, 10, frames.SMALL_FRAME + 1])
-def test_empty_buffer_is_writeable_and_owns_its_memory(size):
-    buffer = frames.empty_buffer(size)
-    assert buffer.nbytes == size and not buffer.readonly and buffer.format == "B"
-    other = frames.empty_buffer(size)
-    if size:
-        buffer[0] = 1
-        other[0] = 2
-        assert buffer[0] == 1
-
-
 # --- Decoder: a byte stream, received in any pieces, back into messages ---------
 
 
@@ -246,7 +234,8 @@ def test_large_frames_are_received_straight_into_their_own_buffer():
     assert target.obj is msg_frames[1].obj
     import numpy
 
-    assert numpy.frombuffer(msg_frames[1], "u1").ctypes.data % frames.ALIGNMENT == 0
+    # numpy arrays built on it are aligned for any standard dtype
+    assert numpy.frombuffer(msg_frames[1], "c16").flags.aligned
 
 
 def test_a_message_straddling_the_read_ahead_buffer_is_carried_over():

@@ -1,5 +1,6 @@
-"""Zero-copy proven by memory: a 512 MiB array crosses tcp without the sender
-copying it and with the receiver holding it about once (psutil, child processes)."""
+"""Zero-copy proven by memory: a 512 MiB numpy array or ``bytes`` payload
+crosses tcp without the sender copying it and with the receiver holding it
+about once (psutil, child processes)."""
 
 from __future__ import annotations
 
@@ -46,12 +47,18 @@ SCRIPT = textwrap.dedent(
         threading.Thread(target=sample, daemon=True).start()
         x = await asyncio.wait_for(got, 120)
         await asyncio.sleep(0.2)
-        assert x.nbytes == SIZE and x[12345] == 12345 % 256 and x.flags.writeable
+        if KIND == "bytes":
+            assert type(x) is bytes and len(x) == SIZE and x[12345] == 12345 % 256
+            assert x[-1] == (SIZE - 1) % 256
+        else:
+            assert x.nbytes == SIZE and x[12345] == 12345 % 256 and x.flags.writeable
         print("added", peak[0] - base, flush=True)
         listener.stop()
 
     async def send(address):
         x = np.arange(SIZE, dtype="u1")  # 0..255 repeating
+        if KIND == "bytes":
+            x = x.tobytes()
         c = await comm.connect(address)
         base = me.memory_info().rss
         peak[0] = base
@@ -62,23 +69,25 @@ SCRIPT = textwrap.dedent(
         print("added", peak[0] - base, flush=True)
         await c.close()
 
+    KIND = sys.argv[2]
     if sys.argv[1] == "receive":
         asyncio.run(receive(None))
     else:
-        asyncio.run(send(sys.argv[2]))
+        asyncio.run(send(sys.argv[3]))
     """
 )
 
 
-def test_512_mib_array_is_not_copied():
+@pytest.mark.parametrize("kind", ["numpy", "bytes"])
+def test_512_mib_payload_is_not_copied(kind):
     receiver = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, "receive"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SCRIPT, "receive", kind], stdout=subprocess.PIPE, text=True
     )
     try:
         address = receiver.stdout.readline().strip()
         assert address.startswith("tcp://"), address
         sent = subprocess.run(
-            [sys.executable, "-c", SCRIPT, "send", address],
+            [sys.executable, "-c", SCRIPT, "send", kind, address],
             capture_output=True,
             text=True,
             timeout=180,

@@ -25,6 +25,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgpack
 
+from ..buffers import bytes_of
 from ..frames import Buffer
 from . import pickle
 from .utils import byte_view, merge_frames, split_frame
@@ -463,8 +464,13 @@ def _join(frames: Frames) -> bytes:
 
 
 def _bytes_loads(header: Header, frames: Frames) -> bytes:
-    if len(frames) == 1 and type(frames[0]) is bytes:
-        return frames[0]
+    if len(frames) == 1:
+        frame = frames[0]
+        if type(frame) is bytes:
+            return frame
+        received = bytes_of(frame)  # a received buffer that already is a bytes object
+        if received is not None:
+            return received
     return _join(frames)
 
 

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pickle import PickleBuffer
 from typing import Any
 
-from ..frames import Buffer, empty_buffer, nbytes
+from ..buffers import empty_buffer
+from ..frames import Buffer, nbytes
 
 
 def byte_view(frame: Any) -> memoryview:
@@ -46,11 +47,19 @@ def _address(view: memoryview) -> int:
 
 
 def _owner(view: memoryview) -> Any:
-    """The object that owns *view*'s memory (through numpy's chain of ``.base``)."""
+    """The outermost buffer under *view* (through numpy's chain of ``.base``,
+    which may end in an object that only describes memory, such as a
+    received buffer's, see ``buffers.empty_buffer``)."""
     owner = view.obj
-    while getattr(owner, "base", None) is not None:
-        owner = owner.base
-    return owner
+    while True:
+        base = getattr(owner, "base", None)
+        if base is None:
+            return owner
+        try:
+            memoryview(base)
+        except (TypeError, ValueError):  # not a buffer, or one numpy cannot export
+            return owner
+        owner = base
 
 
 def _adjacent_span(views: list[memoryview]) -> memoryview | None:
