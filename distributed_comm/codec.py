@@ -6,7 +6,10 @@ A codec is any object with the two functions of ``distributed.protocol``:
 - ``loads(frames, *, deserialize, deserializers) -> msg``
 
 so both :mod:`distributed_comm.protocol` (the default) and the stock
-``distributed.protocol`` module plug in as they are. Refusing pickles from
+``distributed.protocol`` module plug in as they are. A codec may also offer
+``dumps_plain(msg) -> bytes | None``: the one frame of a message that needs
+no serialization context (``None``: use ``dumps``), which lets a comm skip
+building that context for small control messages. Refusing pickles from
 untrusted peers is a codec choice too: see :func:`default_codec`. Both functions are
 synchronous: the comm decides whether to run them on its offload thread.
 """
@@ -48,12 +51,13 @@ def default_codec(allow_pickle: bool = True) -> Codec:
 
     if allow_pickle:
         return protocol
-    return _Untrusted(protocol.dumps, protocol.loads_untrusted)
+    return _Untrusted(protocol.dumps, protocol.loads_untrusted, protocol.dumps_plain)
 
 
 class _Untrusted(NamedTuple):
     dumps: Callable[..., list]
     loads: Callable[..., Any]
+    dumps_plain: Callable[[Any], bytes | None]
 
 
 # How many items of a container :func:`rough_nbytes` looks at, and how deep.

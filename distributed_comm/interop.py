@@ -92,8 +92,10 @@ class _StockComm:
         if self.stream.socket is not None and timeout:
             tcp.set_tcp_timeout(self.stream.socket, timeout)
 
-    async def _to_frames(self, msg: Any, **dumps_args: Any) -> list:
-        return await to_frames(msg, allow_offload=self.allow_offload, **dumps_args)
+    async def _to_frames(self, msg: Any, serializers: Any, on_error: Any) -> list:
+        return await to_frames(
+            msg, allow_offload=self.allow_offload, **self._dumps_args(serializers, on_error)
+        )
 
     async def _from_frames(self, msg_frames: list, size: int, deserializers) -> Any:
         return await from_frames(

@@ -201,6 +201,7 @@ class CodecComm(Comm):
         if not self.allow_pickle:
             self.check_can_refuse_pickles(codec)
         self.codec = codec if codec is not None else default_codec(self.allow_pickle)
+        self._dumps_plain = getattr(self.codec, "dumps_plain", None)
         self.max_shard_size = settings.shard
         self._offload_threshold = settings.offload
         self._limits = settings.limits
@@ -250,9 +251,18 @@ class CodecComm(Comm):
             "frame_split_size": self.max_shard_size,
         }
 
-    async def _to_frames(self, msg: Any, **dumps_args: Any) -> list:
-        """Message -> frames with the codec (``dumps_args`` as ``protocol.dumps``
-        takes them); large messages on the offload thread."""
+    async def _to_frames(self, msg: Any, serializers: Any, on_error: Any) -> list:
+        """Message -> frames with the codec; large messages on the offload thread.
+
+        A message msgpack encodes alone (most control messages) takes the
+        codec's ``dumps_plain`` shortcut, always on the loop: msgpack holds
+        the GIL throughout, so another thread would not free the loop anyway.
+        """
+        if self._dumps_plain is not None:
+            body = self._dumps_plain(msg)
+            if body is not None:
+                return [body]
+        dumps_args = self._dumps_args(serializers, on_error)
         if (
             self.allow_offload
             and self._offload_threshold > 0
@@ -328,7 +338,7 @@ class TCP(CodecComm):
 
     async def write(self, msg: Any, serializers=None, on_error="message") -> int:
         self._stream_or_raise()
-        msg_frames = await self._to_frames(msg, **self._dumps_args(serializers, on_error))
+        msg_frames = await self._to_frames(msg, serializers, on_error)
         parts, total = frames.encode(msg_frames)
         stream = self._stream_or_raise()
         try:

@@ -198,7 +198,7 @@ class WS(CodecComm):
 
     async def write(self, msg: Any, serializers=None, on_error="message") -> int:
         self._sock_or_raise()
-        msg_frames = await self._to_frames(msg, **self._dumps_args(serializers, on_error))
+        msg_frames = await self._to_frames(msg, serializers, on_error)
         sock = self._sock_or_raise()
         total = 0
         try:

@@ -6,8 +6,9 @@ numpy is imported only when a numpy object is actually (de)serialized.
 
 from ..frames import pack_frames, unpack_frames
 
-# LOADS_ERRORS, loads_untrusted, PickleNotAllowedError: ours, beyond distributed's names.
-from .core import LOADS_ERRORS, dumps, loads, loads_untrusted  # noqa: F401
+# LOADS_ERRORS, loads_untrusted, dumps_plain, PickleNotAllowedError: ours, beyond
+# distributed's names.
+from .core import LOADS_ERRORS, dumps, dumps_plain, loads, loads_untrusted  # noqa: F401
 from .pickle import PickleNotAllowedError  # noqa: F401
 from .serialize import (
     Pickled,
