@@ -110,13 +110,19 @@ def head_count(frames: Sequence[Buffer], lengths: Sequence[int]) -> int:
     array), so the reader lands those shards side by side in one buffer and
     the protocol can rejoin them without a copy. Anything after is read into
     buffers of its own so its memory can be freed independently.
+
+    The large frame stays out if another object's memory (an array, not
+    ``bytes``) comes before it: a reader that reads the head into one buffer,
+    as distributed's does, would build it behind that one, unaligned.
     """
     count = len(lengths)
     k = head = 0
+    only_bytes = True
     while k < count and lengths[k] <= HEAD_FRAME_MAX:
         head += lengths[k]
+        only_bytes = only_bytes and isinstance(_owner(frames[k]), bytes)
         k += 1
-    if k < count and head <= max(2048, lengths[k] // 20):
+    if k < count and only_bytes and head <= max(2048, lengths[k] // 20):
         owner = _owner(frames[k])
         k += 1
         while k < count and _owner(frames[k]) is owner:
@@ -433,9 +439,10 @@ class Decoder:
                     self._wait_for(end - start)
                     return
                 lengths, k = limits.parse_prelude(ahead[start + U64.size : end], head_size)
-                # The head's small leading frames apart from its large ones,
-                # so that a large payload's frames are exactly one buffer.
-                small = next((i for i in range(k) if lengths[i] > SMALL_FRAME), k)
+                # The head's leading frames apart from its first large one
+                # and what follows (its shards), which thus start a buffer:
+                # aligned, and a payload's frames exactly one buffer.
+                small = next((i for i in range(k) if lengths[i] > HEAD_FRAME_MAX), k)
                 msg_frames = self._allocate(lengths[:small]) + self._allocate(lengths[small:k])
                 missing = lengths[k:]
             for length in missing:
@@ -456,7 +463,7 @@ class Decoder:
         cannot go on."""
         try:
             region = empty_buffer(sum(lengths))
-        except MemoryError as exc:
+        except (MemoryError, OverflowError) as exc:  # Overflow: beyond what a bytes can hold
             raise ValueError(
                 f"cannot allocate {sum(lengths)} bytes for a message's frames: {exc!r}"
             ) from exc
