@@ -87,6 +87,31 @@ def test_head_count():
     # ... but not when the bytes before it are not negligible
     assert k(small, b"x" * 3000, big) == 2
     assert k(big, b"tail") == 1
+    # ... nor behind another array's memory: a reader holding the head in one
+    # buffer would build it there, unaligned (a worker's get_data reply)
+    assert k(b"h", memoryview(bytearray(40_000)), b"h2", big) == 3
+    assert k(b"h", b"p" * 40_000, b"h2", big) == 4  # pickled bytes are fine
+
+
+def test_a_large_frame_in_the_head_starts_a_buffer_of_its_own():
+    """However the writer chose the head, a large frame and its shards are
+    received into one fresh buffer that they start (aligned, and exactly a
+    payload's memory); the small frames before it share another."""
+    import numpy
+
+    medium, big = b"m" * 40_000, bytes(range(256)) * 4096
+    msg_frames = [b"header", medium, b"sub-header", big[:300_000], big[300_000:]]
+    lengths = [len(f) for f in msg_frames]
+    prelude = struct.pack(f"<{len(lengths) + 1}Q", len(lengths), *lengths)
+    data = struct.pack("<Q", len(prelude) + sum(lengths)) + prelude + b"".join(msg_frames)
+    decoder = Decoder(LIMITS)
+    decoder.feed(data)
+    (got, _) = decoder.pop()
+    assert [bytes(f) for f in got] == msg_frames
+    shard_0 = numpy.frombuffer(got[3], "u1")
+    assert numpy.frombuffer(got[3], "c16").flags.aligned
+    assert numpy.frombuffer(got[4], "u1").ctypes.data == shard_0.ctypes.data + 300_000
+    assert got[3].obj is got[4].obj and got[3].obj is not got[1].obj
 
 
 @pytest.mark.parametrize("k", [0, 1, 3])
@@ -279,3 +304,12 @@ def test_decoder_refuses_lies_before_allocating(announced, match):
     decoder = Decoder(LIMITS)
     with pytest.raises(ValueError, match=match):
         decoder.feed(announced)
+
+
+@pytest.mark.parametrize("length", [2**63 - 20, 2**63 + 10, 2**64 - 100])
+def test_an_absurd_frame_length_is_a_clear_error(length):
+    """With the size limit lifted, a frame no process can hold still ends the
+    stream with a ValueError that says so (not OverflowError or SystemError)."""
+    decoder = Decoder(Limits(max_frames=10, max_message_size=2**64))
+    with pytest.raises(ValueError, match="cannot allocate"):
+        decoder.feed(struct.pack("<4Q", 24, 2, 10, length) + b"x" * 10)
