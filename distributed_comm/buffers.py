@@ -22,7 +22,7 @@ import mmap
 import sys
 from typing import Any
 
-__all__ = ["bytes_of", "empty_buffer"]
+__all__ = ["bytes_of", "empty_buffer", "kept_view"]
 
 #: Buffers up to this size are plain ``bytearray`` (cheap to make; copying a
 #: small payload costs nothing worth saving).
@@ -118,6 +118,8 @@ def empty_buffer(size: int) -> memoryview:
     overwrites every byte anyway) and, where possible, are the storage of a
     ``bytes`` object (see :func:`bytes_of`).
     """
+    if size > sys.maxsize:  # ctypes would wrap it round to a negative size
+        raise MemoryError(f"cannot allocate {size} bytes: more than this process can address")
     if size > SMALL_BUFFER:
         make = _bytes_maker()
         if make is not None:
@@ -131,6 +133,22 @@ def empty_buffer(size: int) -> memoryview:
     return memoryview(bytearray(size))
 
 
+def _is_bytes_storage(frame: memoryview) -> bool:
+    return type(getattr(frame.obj, "base", None)) is _BytesStorage
+
+
+def kept_view(frame: Any) -> Any:
+    """*frame* as a caller that keeps it should hold it (the frames of a
+    ``Serialized`` read with ``deserialize=False``): still writeable memory,
+    but never handed out as ``bytes`` by :func:`bytes_of`, since writing
+    through it would change an immutable object (and its cached hash)."""
+    if type(frame) is not memoryview or not _is_bytes_storage(frame):
+        return frame
+    import numpy  # there when a frame is bytes storage
+
+    return memoryview(numpy.frombuffer(frame, "u1"))
+
+
 def bytes_of(frame: Any) -> bytes | None:
     """The ``bytes`` object whose memory *frame* is, exactly, if *frame* is
     (a view of) a buffer from :func:`empty_buffer` that spans all of it;
@@ -139,10 +157,10 @@ def bytes_of(frame: Any) -> bytes | None:
     Only for frames that have been written in full: the object is immutable
     from here on.
     """
-    if type(frame) is not memoryview or frame.readonly:
+    if type(frame) is not memoryview or frame.readonly or not _is_bytes_storage(frame):
         return None
-    storage = getattr(frame.obj, "base", None)
-    if type(storage) is not _BytesStorage or frame.nbytes != len(storage.payload):
+    storage = frame.obj.base
+    if frame.nbytes != len(storage.payload):
         return None
     if ctypes.addressof(ctypes.c_char.from_buffer(frame)) != storage.address:
         return None

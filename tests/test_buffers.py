@@ -86,3 +86,30 @@ def test_numpy_arrays_on_received_shards_stay_writeable_views():
     assert (got == array).all() and got.flags.writeable and got.flags.aligned
     large = [frame for frame in received if frame.nbytes > buffers.SMALL_BUFFER]
     assert len(large) == 3 and got.ctypes.data == address(large[0])  # shards rejoined in place
+
+
+@pytest.mark.skipif(not BYTES_BACKED, reason="bytes-backed buffers need CPython")
+def test_frames_kept_by_the_caller_never_become_a_bytes_payload():
+    """deserialize=False: the Serialized frames stay with the caller, so a later
+    deserialize copies the bytes payload rather than share memory with them."""
+    payload = bytes(range(256)) * 4096
+    msg_frames = protocol.dumps({"x": to_serialize(payload)})
+    parts, _ = frames.encode(msg_frames)
+    decoder = Decoder(Limits(max_frames=100, max_message_size=2**30))
+    for part in parts:
+        decoder.feed(part)
+    received, _ = decoder.pop()
+    kept = protocol.loads(received, deserialize=False)["x"]
+    got = protocol.deserialize(kept.header, kept.frames)
+    assert got == payload
+    kept.frames[0][:4] = b"XXXX"  # the caller may write to its frames...
+    assert got == payload  # ...without touching the payload it was given
+    assert not kept.frames[0].readonly
+    # numpy payloads kept this way still deserialize onto the frame, writeable
+    array = numpy.arange(2**17, dtype="<f8")
+    parts, _ = frames.encode(protocol.dumps({"x": to_serialize(array)}))
+    for part in parts:
+        decoder.feed(part)
+    kept = protocol.loads(decoder.pop()[0], deserialize=False)["x"]
+    got = protocol.deserialize(kept.header, kept.frames)
+    assert got.flags.writeable and got.ctypes.data == address(kept.frames[0])

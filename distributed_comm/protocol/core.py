@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgpack
 
 from .. import config
+from ..buffers import kept_view
 from ..frames import Limits
 from . import pickle
 from .compression import decompress, maybe_compress, resolve
@@ -209,6 +210,17 @@ def dumps_plain(msg: Any) -> bytes | None:
         return None  # needs the hook: Serialize, ToPickle, set, Enum, ints beyond 64 bits...
 
 
+def dumps_with_hooks(
+    msg: Any,
+    serializers: Sequence[str] | None = None,
+    on_error: Literal["message", "raise"] = "message",
+    context: dict | None = None,
+    frame_split_size: int | None = None,
+) -> list[Any]:
+    """:func:`dumps` for a message :func:`dumps_plain` refused (it is not tried again)."""
+    return _Encoder(serializers, on_error, context, frame_split_size).encode(msg)
+
+
 def dumps(
     msg: Any,
     serializers: Sequence[str] | None = None,
@@ -226,7 +238,7 @@ def dumps(
     body = dumps_plain(msg)
     if body is not None:
         return [body]
-    return _Encoder(serializers, on_error, context, frame_split_size).encode(msg)
+    return dumps_with_hooks(msg, serializers, on_error, context, frame_split_size)
 
 
 # --- loads ---------------------------------------------------------------------------
@@ -309,8 +321,8 @@ def _loads_out_of_band(
         index = obj.get("__Serialized__", 0)
         if index > 0:
             header, sub_frames = _sub_frames(frames, index)
-            if not deserialize:
-                return Serialized(header, sub_frames)
+            if not deserialize:  # the caller keeps these frames
+                return Serialized(header, [kept_view(frame) for frame in sub_frames])
             if "compression" in header:
                 sub_frames = decompress(
                     header["compression"], sub_frames, _setting("max-message-size")
