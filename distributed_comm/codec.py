@@ -7,9 +7,10 @@ A codec is any object with the two functions of ``distributed.protocol``:
 
 so both :mod:`distributed_comm.protocol` (the default) and the stock
 ``distributed.protocol`` module plug in as they are. A codec may also offer
-``dumps_plain(msg) -> bytes | None``: the one frame of a message that needs
-no serialization context (``None``: use ``dumps``), which lets a comm skip
-building that context for small control messages. Refusing pickles from
+``dumps_plain(msg) -> bytes | None``, the one frame of a message that needs no
+serialization context, with ``dumps_with_hooks`` (``dumps`` arguments) for the
+messages it refuses: a comm then skips building that context for small control
+messages, and encodes no message twice. Refusing pickles from
 untrusted peers is a codec choice too: see :func:`default_codec`. Both functions are
 synchronous: the comm decides whether to run them on its offload thread.
 """
@@ -51,13 +52,16 @@ def default_codec(allow_pickle: bool = True) -> Codec:
 
     if allow_pickle:
         return protocol
-    return _Untrusted(protocol.dumps, protocol.loads_untrusted, protocol.dumps_plain)
+    return _Untrusted(
+        protocol.dumps, protocol.loads_untrusted, protocol.dumps_plain, protocol.dumps_with_hooks
+    )
 
 
 class _Untrusted(NamedTuple):
     dumps: Callable[..., list]
     loads: Callable[..., Any]
     dumps_plain: Callable[[Any], bytes | None]
+    dumps_with_hooks: Callable[..., list]
 
 
 # How many items of a container :func:`rough_nbytes` looks at, and how deep.

@@ -201,7 +201,11 @@ class CodecComm(Comm):
         if not self.allow_pickle:
             self.check_can_refuse_pickles(codec)
         self.codec = codec if codec is not None else default_codec(self.allow_pickle)
+        #: The codec's shortcut for plain messages (with its dumps for the rest), if any.
         self._dumps_plain = getattr(self.codec, "dumps_plain", None)
+        self._dumps = getattr(self.codec, "dumps_with_hooks", None)
+        if self._dumps_plain is None or self._dumps is None:
+            self._dumps_plain, self._dumps = None, self.codec.dumps
         self.max_shard_size = settings.shard
         self._offload_threshold = settings.offload
         self._limits = settings.limits
@@ -268,8 +272,8 @@ class CodecComm(Comm):
             and self._offload_threshold > 0
             and rough_nbytes(msg) > self._offload_threshold
         ):
-            return await offload(functools.partial(self.codec.dumps, msg, **dumps_args))
-        return self.codec.dumps(msg, **dumps_args)
+            return await offload(functools.partial(self._dumps, msg, **dumps_args))
+        return self._dumps(msg, **dumps_args)
 
 
 class TCP(CodecComm):

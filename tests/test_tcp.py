@@ -578,3 +578,54 @@ async def test_large_messages_are_offloaded_small_ones_are_not(monkeypatch):
     assert len(calls) == 4
     await client.close()
     listener.stop()
+
+
+class _CountingCodec:
+    """Our protocol with each encoding step recorded; ``dumps`` must not be
+    reached when the shortcut pair is offered (it would encode again)."""
+
+    def __init__(self, with_hooks: bool = True):
+        self.calls: list[str] = []
+        if with_hooks:
+            self.dumps_with_hooks = self._with_hooks
+
+    def dumps_plain(self, msg):
+        self.calls.append("plain")
+        return ours.dumps_plain(msg)
+
+    def _with_hooks(self, msg, **kwargs):
+        self.calls.append("hooks")
+        return ours.dumps_with_hooks(msg, **kwargs)
+
+    def dumps(self, msg, **kwargs):
+        self.calls.append("dumps")
+        return ours.dumps(msg, **kwargs)
+
+    def loads(self, msg_frames, **kwargs):
+        return ours.loads(msg_frames, **kwargs)
+
+
+@pytest.mark.parametrize("with_hooks", [True, False])
+async def test_each_message_is_encoded_once(monkeypatch, with_hooks):
+    codec = _CountingCodec(with_hooks)
+    monkeypatch.setattr(comm.tcp.TCPConnector, "codec", codec)
+    received = asyncio.Queue()
+
+    async def handle(c):
+        for _ in range(2):
+            await received.put(await c.read())
+
+    async with comm.listen("tcp://127.0.0.1:0", handle) as listener:
+        c = await comm.connect(listener.contact_address)
+        codec.calls.clear()  # the handshake's write
+        await c.write({"op": "ping", "n": 1})
+        plain_calls = list(codec.calls)
+        codec.calls.clear()
+        await c.write({"op": "data", "x": to_serialize(b"abc")})
+        assert await received.get() == {"op": "ping", "n": 1}
+        assert await received.get() == {"op": "data", "x": b"abc"}
+        await c.close()
+    if with_hooks:
+        assert plain_calls == ["plain"] and codec.calls == ["plain", "hooks"]
+    else:  # half the pair: the codec's own dumps, for every message
+        assert plain_calls == ["dumps"] and codec.calls == ["dumps"]

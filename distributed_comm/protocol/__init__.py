@@ -6,9 +6,16 @@ numpy is imported only when a numpy object is actually (de)serialized.
 
 from ..frames import pack_frames, unpack_frames
 
-# LOADS_ERRORS, loads_untrusted, dumps_plain, PickleNotAllowedError: ours, beyond
-# distributed's names.
-from .core import LOADS_ERRORS, dumps, dumps_plain, loads, loads_untrusted  # noqa: F401
+# LOADS_ERRORS, loads_untrusted, dumps_plain, dumps_with_hooks, PickleNotAllowedError:
+# ours, beyond distributed's names.
+from .core import (  # noqa: F401
+    LOADS_ERRORS,
+    dumps,
+    dumps_plain,
+    dumps_with_hooks,
+    loads,
+    loads_untrusted,
+)
 from .pickle import PickleNotAllowedError  # noqa: F401
 from .serialize import (
     Pickled,
