@@ -22,6 +22,15 @@ def address(buffer) -> int:
     return numpy.frombuffer(buffer, "u1").ctypes.data
 
 
+def received_frames(payload, shard: int = 2**30) -> list[memoryview]:
+    """The frames a reader gets for ``{"x": to_serialize(payload)}`` off the byte stream."""
+    parts, _ = frames.encode(protocol.dumps({"x": to_serialize(payload)}, frame_split_size=shard))
+    decoder = Decoder(Limits(max_frames=100, max_message_size=2**30))
+    for part in parts:
+        decoder.feed(part)
+    return decoder.pop()[0]
+
+
 @pytest.mark.parametrize("size", [0, 10, LARGE, 2**20])
 def test_empty_buffer_is_writeable_and_owns_its_memory(size):
     buffer = buffers.empty_buffer(size)
@@ -62,12 +71,7 @@ def test_only_a_whole_large_received_buffer_is_bytes():
 def test_a_received_bytes_payload_is_the_receive_buffer(shard):
     """The payload, sharded or not, lands in one buffer that loads hands out as is."""
     payload = bytes(range(256)) * (3 * 2**12)  # 3 MiB
-    msg_frames = protocol.dumps({"x": to_serialize(payload)}, frame_split_size=shard)
-    parts, _ = frames.encode(msg_frames)
-    decoder = Decoder(Limits(max_frames=100, max_message_size=2**30))
-    for part in parts:
-        decoder.feed(part)
-    received, _ = decoder.pop()
+    received = received_frames(payload, shard)
     got = protocol.loads(received)["x"]
     assert type(got) is bytes and got == payload
     large = [frame for frame in received if frame.nbytes > buffers.SMALL_BUFFER]
@@ -76,12 +80,7 @@ def test_a_received_bytes_payload_is_the_receive_buffer(shard):
 
 def test_numpy_arrays_on_received_shards_stay_writeable_views():
     array = numpy.arange(3 * 2**18, dtype="<i4")  # 3 MiB
-    msg_frames = protocol.dumps({"x": to_serialize(array)}, frame_split_size=2**20)
-    parts, _ = frames.encode(msg_frames)
-    decoder = Decoder(Limits(max_frames=100, max_message_size=2**30))
-    for part in parts:
-        decoder.feed(part)
-    received, _ = decoder.pop()
+    received = received_frames(array, shard=2**20)
     got = protocol.loads(received)["x"]
     assert (got == array).all() and got.flags.writeable and got.flags.aligned
     large = [frame for frame in received if frame.nbytes > buffers.SMALL_BUFFER]
@@ -93,13 +92,7 @@ def test_frames_kept_by_the_caller_never_become_a_bytes_payload():
     """deserialize=False: the Serialized frames stay with the caller, so a later
     deserialize copies the bytes payload rather than share memory with them."""
     payload = bytes(range(256)) * 4096
-    msg_frames = protocol.dumps({"x": to_serialize(payload)})
-    parts, _ = frames.encode(msg_frames)
-    decoder = Decoder(Limits(max_frames=100, max_message_size=2**30))
-    for part in parts:
-        decoder.feed(part)
-    received, _ = decoder.pop()
-    kept = protocol.loads(received, deserialize=False)["x"]
+    kept = protocol.loads(received_frames(payload), deserialize=False)["x"]
     got = protocol.deserialize(kept.header, kept.frames)
     assert got == payload
     kept.frames[0][:4] = b"XXXX"  # the caller may write to its frames...
@@ -107,9 +100,6 @@ def test_frames_kept_by_the_caller_never_become_a_bytes_payload():
     assert not kept.frames[0].readonly
     # numpy payloads kept this way still deserialize onto the frame, writeable
     array = numpy.arange(2**17, dtype="<f8")
-    parts, _ = frames.encode(protocol.dumps({"x": to_serialize(array)}))
-    for part in parts:
-        decoder.feed(part)
-    kept = protocol.loads(decoder.pop()[0], deserialize=False)["x"]
+    kept = protocol.loads(received_frames(array), deserialize=False)["x"]
     got = protocol.deserialize(kept.header, kept.frames)
     assert got.flags.writeable and got.ctypes.data == address(kept.frames[0])
