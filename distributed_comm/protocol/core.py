@@ -131,10 +131,10 @@ class _Encoder:
 
     def __init__(
         self,
-        serializers: Sequence[str] | None,
-        on_error: Literal["message", "raise"],
-        context: dict | None,
-        frame_split_size: int | None,
+        serializers: Sequence[str] | None = None,
+        on_error: Literal["message", "raise"] = "message",
+        context: dict | None = None,
+        frame_split_size: int | None = None,
     ) -> None:
         self.serializers = serializers
         self.on_error = on_error
@@ -210,15 +210,10 @@ def dumps_plain(msg: Any) -> bytes | None:
         return None  # needs the hook: Serialize, ToPickle, set, Enum, ints beyond 64 bits...
 
 
-def dumps_with_hooks(
-    msg: Any,
-    serializers: Sequence[str] | None = None,
-    on_error: Literal["message", "raise"] = "message",
-    context: dict | None = None,
-    frame_split_size: int | None = None,
-) -> list[Any]:
-    """:func:`dumps` for a message :func:`dumps_plain` refused (it is not tried again)."""
-    return _Encoder(serializers, on_error, context, frame_split_size).encode(msg)
+def dumps_with_hooks(msg: Any, **dumps_args: Any) -> list[Any]:
+    """:func:`dumps` (same keywords) for a message :func:`dumps_plain` refused;
+    msgpack alone is not tried again."""
+    return _Encoder(**dumps_args).encode(msg)
 
 
 def dumps(
@@ -238,7 +233,13 @@ def dumps(
     body = dumps_plain(msg)
     if body is not None:
         return [body]
-    return dumps_with_hooks(msg, serializers, on_error, context, frame_split_size)
+    return dumps_with_hooks(
+        msg,
+        serializers=serializers,
+        on_error=on_error,
+        context=context,
+        frame_split_size=frame_split_size,
+    )
 
 
 # --- loads ---------------------------------------------------------------------------
