@@ -10,7 +10,10 @@ so both :mod:`distributed_comm.protocol` (the default) and the stock
 ``dumps_plain(msg) -> bytes | None``, the one frame of a message that needs no
 serialization context, with ``dumps_with_hooks`` (``dumps`` arguments) for the
 messages it refuses: a comm then skips building that context for small control
-messages, and encodes no message twice. Refusing pickles from
+messages, and encodes no message twice. ``loads_work(frames) -> int`` (the
+bytes ``loads`` reads or copies) and ``dumps_work(msg, context) -> int`` (an
+estimate of what ``dumps`` reads or copies) let a comm keep on its loop
+messages whose large payloads are sent and received as they are. Refusing pickles from
 untrusted peers is a codec choice too: see :func:`default_codec`. Both functions are
 synchronous: the comm decides whether to run them on its offload thread.
 """
@@ -53,7 +56,12 @@ def default_codec(allow_pickle: bool = True) -> Codec:
     if allow_pickle:
         return protocol
     return _Untrusted(
-        protocol.dumps, protocol.loads_untrusted, protocol.dumps_plain, protocol.dumps_with_hooks
+        protocol.dumps,
+        protocol.loads_untrusted,
+        protocol.dumps_plain,
+        protocol.dumps_with_hooks,
+        protocol.loads_work,
+        protocol.dumps_work,
     )
 
 
@@ -62,6 +70,8 @@ class _Untrusted(NamedTuple):
     loads: Callable[..., Any]
     dumps_plain: Callable[[Any], bytes | None]
     dumps_with_hooks: Callable[..., list]
+    loads_work: Callable[[list], int]
+    dumps_work: Callable[..., int]
 
 
 # How many items of a container :func:`rough_nbytes` looks at, and how deep.
@@ -69,14 +79,15 @@ _SAMPLE = 8
 _DEPTH = 4
 
 
-def rough_nbytes(obj: Any, depth: int = _DEPTH) -> int:
+def rough_nbytes(obj: Any, depth: int = _DEPTH, as_is: Callable[[Any], bool] | None = None) -> int:
     """A cheap estimate of how many bytes serializing *obj* will touch.
 
     It looks at no more than ``_SAMPLE`` items per container and ``_DEPTH``
     levels, extrapolating from the sample, so it costs a few dozen Python
     operations whatever the message: enough to tell a ``{"op": ...}`` dict from
     a message carrying megabytes, which is all the offload decision needs.
-    Wrappers such as ``Serialize``/``ToPickle`` are looked through via ``.data``.
+    Wrappers such as ``Serialize``/``ToPickle`` are looked through via ``.data``,
+    unless ``as_is(wrapper)`` says serializing it touches none of its bytes.
     """
     if isinstance(obj, (str, bytes, bytearray)):
         return len(obj)
@@ -93,20 +104,22 @@ def rough_nbytes(obj: Any, depth: int = _DEPTH) -> int:
         sampled = 0
         for key, value in items:
             # Strings and numbers inline: a small message of them is the hot path.
-            sampled += len(key) if type(key) is str else rough_nbytes(key, depth - 1)
+            sampled += len(key) if type(key) is str else rough_nbytes(key, depth - 1, as_is)
             kind = type(value)
             if kind is str or kind is bytes:
                 sampled += len(value)
             elif kind is int or kind is float:
                 sampled += 8
             else:
-                sampled += rough_nbytes(value, depth - 1)
+                sampled += rough_nbytes(value, depth - 1, as_is)
         return sampled * len(obj) // max(len(items), 1)
     if isinstance(obj, (list, tuple, set, frozenset)):
         items = obj if len(obj) <= _SAMPLE else list(islice(obj, _SAMPLE))
-        sampled = sum(rough_nbytes(item, depth - 1) for item in items)
+        sampled = sum(rough_nbytes(item, depth - 1, as_is) for item in items)
         return sampled * len(obj) // max(len(items), 1)
+    if as_is is not None and as_is(obj):
+        return 0
     inner = getattr(obj, "data", None)
     if inner is not None:
-        return rough_nbytes(inner, depth - 1)
+        return rough_nbytes(inner, depth - 1, as_is)
     return sys.getsizeof(obj)

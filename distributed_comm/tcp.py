@@ -159,6 +159,16 @@ def _current_settings() -> _Settings:
     return _settings
 
 
+def _frames_size(msg_frames: list) -> int:
+    """Decoding work as judged for a codec that cannot tell: every byte."""
+    return sum(map(frames.nbytes, msg_frames))
+
+
+def _message_size(msg: Any, context: dict) -> int:
+    """Encoding work as judged for a codec that cannot tell: the message's size."""
+    return rough_nbytes(msg)
+
+
 class CodecComm(Comm):
     """A comm that turns messages into frames with a codec; subclasses move the frames.
 
@@ -206,6 +216,10 @@ class CodecComm(Comm):
         self._dumps = getattr(self.codec, "dumps_with_hooks", None)
         if self._dumps_plain is None or self._dumps is None:
             self._dumps_plain, self._dumps = None, self.codec.dumps
+        #: The codec's measures of (de)serializing work, if it has them (else a
+        #: message's size decides whether it goes to the offload thread).
+        self._loads_work = getattr(self.codec, "loads_work", None) or _frames_size
+        self._dumps_work = getattr(self.codec, "dumps_work", None) or _message_size
         self.max_shard_size = settings.shard
         self._offload_threshold = settings.offload
         self._limits = settings.limits
@@ -227,12 +241,20 @@ class CodecComm(Comm):
         return self._closed
 
     async def _from_frames(self, msg_frames: list, size: int, deserializers) -> Any:
-        """Frames -> message with the codec; large messages on the offload thread.
+        """Frames -> message with the codec; on the offload thread when that
+        reads or copies more than the offload size (``codec.loads_work``):
+        arrays and bytes built over their received buffers stay on the loop.
 
         Subclasses override this and :meth:`_to_frames` to plug in a
         serialization that does its own offloading (see ``interop``).
         """
-        if self.allow_offload and self.deserialize and size > self._offload_threshold > 0:
+        threshold = self._offload_threshold
+        if (
+            self.allow_offload
+            and self.deserialize
+            and size > threshold > 0
+            and self._loads_work(msg_frames) > threshold
+        ):
             return await offload(
                 functools.partial(
                     self.codec.loads, msg_frames, deserialize=True, deserializers=deserializers
@@ -256,7 +278,8 @@ class CodecComm(Comm):
         }
 
     async def _to_frames(self, msg: Any, serializers: Any, on_error: Any) -> list:
-        """Message -> frames with the codec; large messages on the offload thread.
+        """Message -> frames with the codec; on the offload thread when that
+        reads or copies more than the offload size (``codec.dumps_work``).
 
         A message msgpack encodes alone (most control messages) takes the
         codec's ``dumps_plain`` shortcut, always on the loop: msgpack holds
@@ -267,10 +290,11 @@ class CodecComm(Comm):
             if body is not None:
                 return [body]
         dumps_args = self._dumps_args(serializers, on_error)
+        threshold = self._offload_threshold
         if (
             self.allow_offload
-            and self._offload_threshold > 0
-            and rough_nbytes(msg) > self._offload_threshold
+            and threshold > 0
+            and self._dumps_work(msg, dumps_args["context"]) > threshold
         ):
             return await offload(functools.partial(self._dumps, msg, **dumps_args))
         return self._dumps(msg, **dumps_args)

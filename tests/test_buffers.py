@@ -22,13 +22,18 @@ def address(buffer) -> int:
     return numpy.frombuffer(buffer, "u1").ctypes.data
 
 
-def received_frames(payload, shard: int = 2**30) -> list[memoryview]:
-    """The frames a reader gets for ``{"x": to_serialize(payload)}`` off the byte stream."""
-    parts, _ = frames.encode(protocol.dumps({"x": to_serialize(payload)}, frame_split_size=shard))
+def received(msg, shard: int = 2**30) -> list[memoryview]:
+    """The frames a reader gets for *msg* off the byte stream."""
+    parts, _ = frames.encode(protocol.dumps(msg, frame_split_size=shard))
     decoder = Decoder(Limits(max_frames=100, max_message_size=2**30))
     for part in parts:
         decoder.feed(part)
     return decoder.pop()[0]
+
+
+def received_frames(payload, shard: int = 2**30) -> list[memoryview]:
+    """The frames a reader gets for ``{"x": to_serialize(payload)}``."""
+    return received({"x": to_serialize(payload)}, shard)
 
 
 @pytest.mark.parametrize("size", [0, 10, LARGE, 2**20])

@@ -557,27 +557,58 @@ async def test_socket_options():
     listener.stop()
 
 
-async def test_large_messages_are_offloaded_small_ones_are_not(monkeypatch):
+def _strided(size):
+    return to_serialize(np.zeros(2 * size, "u1")[::2])  # serializing it copies
+
+
+def _objects(size):
+    return to_serialize(np.arange(size // 4).astype(object))  # pickled, int by int
+
+
+# payload -> (what goes to the offload thread on the sender, on the receiver)
+OFFLOAD_CASES = {
+    "small message": (lambda size: "x", [], []),
+    "numpy array": (lambda size: to_serialize(np.zeros(size, "u1")), [], []),
+    "bytes": (lambda size: to_serialize(b"x" * size), [], []),
+    "bytes inline in msgpack": (lambda size: b"x" * size, [], ["loads"]),
+    "array copied to serialize": (_strided, ["dumps_with_hooks"], []),
+    "object array, pickled": (_objects, ["dumps_with_hooks"], ["loads"]),
+    "pickled by fallback": (lambda size: [np.zeros(size, "u1")], ["dumps_with_hooks"], ["loads"]),
+}
+
+
+@pytest.mark.parametrize("case", OFFLOAD_CASES)
+async def test_offloaded_by_work_not_by_size(monkeypatch, case):
+    """Messages over the offload size go to the offload thread when
+    (de)serializing them reads or copies that much, not when payloads are
+    sent and received as they are (the hop costs more than the work)."""
     from distributed_comm import tcp
 
-    calls = []
+    make, on_sender, on_receiver = OFFLOAD_CASES[case]
+    offloaded = []
     real = tcp.offload
 
     def spy(func):
-        calls.append(func)
+        offloaded.append(func.func.__name__)
         return real(func)
 
+    received = asyncio.Queue()
+
+    async def handler(comm):
+        await received.put(await comm.read())
+        await comm.write("ok")
+
     monkeypatch.setattr(tcp, "offload", spy)
-    listener, client = await pair("tcp", None)
-    await client.write({"op": "small"})
-    await client.read()
-    assert calls == []
-    await client.write({"x": to_serialize(np.zeros(11 * MiB, "u1"))})
-    await client.read()
-    # dumps and loads on both sides (the echoing server runs in this process too)
-    assert len(calls) == 4
-    await client.close()
-    listener.stop()
+    listener, client = await pair("tcp", None, handler=handler)
+    try:
+        await client.write({"x": make(11 * MiB)})
+        sent = list(offloaded)
+        assert (await received.get())["x"] is not None
+        assert await client.read() == "ok"
+        assert (sent, offloaded[len(sent) :]) == (on_sender, on_receiver)
+    finally:
+        await client.close()
+        listener.stop()
 
 
 class _CountingCodec:

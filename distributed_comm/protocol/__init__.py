@@ -6,15 +6,17 @@ numpy is imported only when a numpy object is actually (de)serialized.
 
 from ..frames import pack_frames, unpack_frames
 
-# LOADS_ERRORS, loads_untrusted, dumps_plain, dumps_with_hooks, PickleNotAllowedError:
-# ours, beyond distributed's names.
+# Ours, beyond distributed's names: LOADS_ERRORS, loads_untrusted, loads_work,
+# dumps_work, dumps_plain, dumps_with_hooks, PickleNotAllowedError.
 from .core import (  # noqa: F401
     LOADS_ERRORS,
     dumps,
     dumps_plain,
     dumps_with_hooks,
+    dumps_work,
     loads,
     loads_untrusted,
+    loads_work,
 )
 from .pickle import PickleNotAllowedError  # noqa: F401
 from .serialize import (

@@ -23,7 +23,8 @@ import msgpack
 
 from .. import config
 from ..buffers import kept_view
-from ..frames import Limits
+from ..codec import rough_nbytes
+from ..frames import Limits, nbytes
 from . import pickle
 from .compression import decompress, maybe_compress, resolve
 from .serialize import (
@@ -32,7 +33,9 @@ from .serialize import (
     Serialize,
     Serialized,
     ToPickle,
+    builds_in_place,
     merge_and_deserialize,
+    sent_as_is,
     serialize_and_split,
 )
 
@@ -242,6 +245,20 @@ def dumps(
     )
 
 
+def dumps_work(msg: Any, context: dict | None = None) -> int:
+    """A cheap estimate of how many bytes :func:`dumps` reads or copies for *msg*.
+
+    :func:`~distributed_comm.codec.rough_nbytes`, except that payloads the
+    dask family sends as their own memory (contiguous arrays, bytes; see
+    :func:`~.serialize.sent_as_is`) count nothing, unless the peer agreed to
+    compression (``context["compression"]``): then any large frame may be
+    compressed. A comm moves ``dumps`` to its offload thread by this.
+    """
+    if context and context.get("compression"):
+        return rough_nbytes(msg)
+    return rough_nbytes(msg, as_is=sent_as_is)
+
+
 # --- loads ---------------------------------------------------------------------------
 
 
@@ -295,6 +312,39 @@ def loads(
         raise ValueError(
             f"could not decode a message of {len(frames)} frames: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+#: A sub-header larger than this holds a large in-band pickle: reading it is work.
+_HEADER_READ_LIMIT = 2**16
+
+
+def loads_work(frames: Sequence[Any]) -> int:
+    """How many bytes :func:`loads` reads or copies to decode *frames*.
+
+    That is every byte except those of frames a deserializer adopts as they
+    are (see :func:`~.serialize.builds_in_place`): a numpy array or ``bytes``
+    payload received into its own buffer costs nothing however large it is.
+    A comm moves a message to its offload thread by this, not by size, since
+    the hop costs more than building an array over a buffer. It reads only
+    the small sub-headers; frames it cannot make sense of all count (``loads``
+    will say what is wrong with them).
+    """
+    work = nbytes(frames[0]) if frames else 0
+    index = 1
+    try:
+        while index < len(frames):
+            if nbytes(frames[index]) > _HEADER_READ_LIMIT:
+                break  # an in-band pickle: count it all
+            header, sub_frames = _sub_frames(frames, index)
+            work += nbytes(frames[index])
+            if not builds_in_place(header, sub_frames):
+                work += sum(map(nbytes, sub_frames))
+            index += 1 + len(sub_frames)
+        else:
+            return work
+    except Exception:  # noqa: BLE001 - malformed: saying how is loads' job; count it all
+        pass
+    return sum(map(nbytes, frames))
 
 
 def loads_untrusted(

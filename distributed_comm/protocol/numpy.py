@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import pickle
-from .serialize import Frames, Header, register_serialization
+from .serialize import Frames, Header, register_in_place, register_serialization
 
 
 def _dtype_header(dtype: np.dtype, protocol: int | None) -> tuple[int, Any]:
@@ -85,6 +85,18 @@ def deserialize_ndarray(header: Header, frames: Frames) -> np.ndarray:
     return x
 
 
+def _sent_as_frame(x: np.ndarray) -> bool:
+    """Whether :func:`serialize_ndarray` sends *x*'s own memory (neither pickles nor copies it)."""
+    return not x.dtype.hasobject and (x.flags.c_contiguous or x.flags.f_contiguous)
+
+
+def _built_over_frame(header: Header, frames: Frames) -> bool:
+    """Whether :func:`deserialize_ndarray` adopts the frame (neither unpickles nor copies it)."""
+    if header.get("pickle") or len(frames) != 1:
+        return False
+    return bool(not memoryview(frames[0]).readonly or not header["writeable"][0])
+
+
 def serialize_matrix(x: np.matrix, context: dict | None = None) -> tuple[Header, Frames]:
     header, frames = serialize_ndarray(np.asarray(x), context)
     header["matrix"] = True
@@ -118,6 +130,8 @@ def deserialize_masked(header: Header, frames: Frames) -> np.ma.MaskedArray:
 
 register_serialization(np.ndarray, serialize_ndarray, deserialize_ndarray)
 register_serialization(np.matrix, serialize_matrix, deserialize_ndarray)
+register_in_place(np.ndarray, sends=_sent_as_frame, receives=_built_over_frame)
+register_in_place(np.matrix, sends=_sent_as_frame, receives=_built_over_frame)
 register_serialization(np.ma.MaskedArray, serialize_masked, deserialize_masked)
 register_serialization(
     np.ma.core.MaskedConstant, lambda x: ({}, []), lambda header, frames: np.ma.masked

@@ -28,7 +28,7 @@ import msgpack
 from ..buffers import bytes_of
 from ..frames import Buffer
 from . import pickle
-from .utils import byte_view, merge_frames, split_frame
+from .utils import byte_view, merge_frames, merged_in_place, split_frame
 
 T = TypeVar("T")
 Header = dict[str, Any]
@@ -148,11 +148,78 @@ def _lookup(typ: type) -> tuple[Serializer, Deserializer, bool] | None:
         entry = _registry.get(base)
         if entry is not None:
             return entry
-    module = _lazy_registrations.pop(typ.__module__.partition(".")[0], None)
-    if module is None:
+    if not _register_lazily(typ.__module__):
         return None
-    importlib.import_module(module)
     return _lookup(typ)
+
+
+def _register_lazily(module_name: str) -> bool:
+    """Make the registrations waiting for *module_name*'s package, if any (once)."""
+    module = _lazy_registrations.pop(module_name.partition(".")[0], None)
+    if module is None:
+        return False
+    importlib.import_module(module)
+    return True
+
+
+#: Type name -> ``(sends, receives)``: when the type's dask serializer hands
+#: out the object's own memory as its frames (``sends(obj)``), and when its
+#: deserializer builds the object over the (merged) frames as they are
+#: (``receives(sub_header, frames)``). See :func:`sent_as_is`, :func:`builds_in_place`.
+_in_place: dict[str, tuple[Callable[[Any], bool], Callable[[Header, Frames], bool]]] = {}
+
+
+def _never(*_: Any) -> bool:
+    return False
+
+
+def register_in_place(
+    cls: type,
+    sends: Callable[[Any], bool] = _never,
+    receives: Callable[[Header, Frames], bool] = _never,
+) -> None:
+    """Declare when *cls*'s dask serializer and deserializer touch none of
+    the payload's bytes: such payloads do not count as (de)serialization work."""
+    _in_place[_typename(cls)] = (sends, receives)
+
+
+def sent_as_is(obj: Any) -> bool:
+    """Whether *obj* is a :class:`Serialize` whose payload the dask family
+    sends as its own memory, reading and copying none of it (uncompressed)."""
+    if type(obj) is not Serialize:
+        return False
+    checks = _in_place_checks(_typename(type(obj.data)))
+    return checks is not None and checks[0](obj.data)
+
+
+def _in_place_checks(type_name: str) -> tuple[Callable[..., bool], Callable[..., bool]] | None:
+    if type_name not in _in_place:
+        _register_lazily(type_name)
+    return _in_place.get(type_name)
+
+
+def builds_in_place(header: Header, frames: Frames) -> bool:
+    """Whether deserializing *header* / *frames* reads none of the frames'
+    bytes: a type registered with :func:`register_in_place` whose check
+    passes, nothing compressed, shards side by side.
+
+    It trusts the header's ``"type"``, the sender's word: a peer that lies
+    makes the receiver deserialize on its event loop, which is slow, not unsafe.
+    """
+    name = header.get("type")
+    if header.get("serializer") != "dask" or not isinstance(name, str):
+        return False
+    checks = _in_place_checks(name)
+    if checks is None:
+        return False
+    if any(codec is not None for codec in header.get("compression") or ()):
+        return False
+    if "split-num-sub-frames" in header:
+        shards = zip(header["split-num-sub-frames"], header["split-offsets"], strict=True)
+        frames = [merged_in_place(frames[offset : offset + count]) for count, offset in shards]
+        if any(frame is None for frame in frames):
+            return False
+    return checks[1](header.get("sub-header") or {}, frames)
 
 
 def _typename(typ: type) -> str:
@@ -506,6 +573,17 @@ def _memoryview_loads(header: Header, frames: Frames) -> memoryview:
 
 
 register_serialization(bytes, lambda x: ({}, [x]), _bytes_loads)
+register_in_place(
+    bytes,
+    sends=lambda _: True,
+    receives=lambda _, frames: (
+        len(frames) == 1 and (type(frames[0]) is bytes or bytes_of(frames[0]) is not None)
+    ),
+)
 register_serialization(bytearray, lambda x: ({}, [x]), _bytearray_loads)
+register_in_place(bytearray, sends=lambda _: True)  # received: copied into a bytearray
 register_serialization(array, _array_dumps, _array_loads)
 register_serialization(memoryview, _memoryview_dumps, _memoryview_loads)
+register_in_place(
+    memoryview, sends=lambda x: x.contiguous, receives=lambda _, frames: len(frames) == 1
+)

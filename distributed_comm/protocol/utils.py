@@ -85,8 +85,9 @@ def _adjacent_span(views: list[memoryview]) -> memoryview | None:
     return base[offset : offset + (position - start)]
 
 
-def merge_frames(frames: Sequence[Buffer]) -> Buffer:
-    """Join the shards of one frame: a view when they are adjacent, else one copy."""
+def merged_in_place(frames: Sequence[Buffer]) -> Buffer | None:
+    """The shards of one frame joined without a copy (one shard, or shards
+    back to back in one buffer), or None if joining them needs one."""
     if len(frames) == 1:
         return frames[0]
     views = [byte_view(frame) for frame in frames if nbytes(frame)]
@@ -94,9 +95,15 @@ def merge_frames(frames: Sequence[Buffer]) -> Buffer:
         return b""
     if len(views) == 1:
         return views[0]
-    span = _adjacent_span(views)
-    if span is not None:
-        return span
+    return _adjacent_span(views)
+
+
+def merge_frames(frames: Sequence[Buffer]) -> Buffer:
+    """Join the shards of one frame: a view when they are adjacent, else one copy."""
+    merged = merged_in_place(frames)
+    if merged is not None:
+        return merged
+    views = [byte_view(frame) for frame in frames if nbytes(frame)]
     out = empty_buffer(sum(view.nbytes for view in views))
     position = 0
     for view in views:
