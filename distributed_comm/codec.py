@@ -10,9 +10,9 @@ so both :mod:`distributed_comm.protocol` (the default) and the stock
 ``dumps_plain(msg) -> bytes | None``, the one frame of a message that needs no
 serialization context, with ``dumps_with_hooks`` (``dumps`` arguments) for the
 messages it refuses: a comm then skips building that context for small control
-messages, and encodes no message twice. ``loads_work(frames) -> int`` (the
-bytes ``loads`` reads or copies) and ``dumps_work(msg, context) -> int`` (an
-estimate of what ``dumps`` reads or copies) let a comm keep on its loop
+messages, and encodes no message twice. ``loads_work(frames, limit) -> int`` (the
+bytes ``loads`` reads or copies) and ``dumps_work(msg, **dumps_args) -> int``
+(an estimate of what ``dumps`` reads or copies) let a comm keep on its loop
 messages whose large payloads are sent and received as they are. Refusing pickles from
 untrusted peers is a codec choice too: see :func:`default_codec`. Both functions are
 synchronous: the comm decides whether to run them on its offload thread.
@@ -70,7 +70,7 @@ class _Untrusted(NamedTuple):
     loads: Callable[..., Any]
     dumps_plain: Callable[[Any], bytes | None]
     dumps_with_hooks: Callable[..., list]
-    loads_work: Callable[[list], int]
+    loads_work: Callable[..., int]
     dumps_work: Callable[..., int]
 
 
@@ -79,7 +79,9 @@ _SAMPLE = 8
 _DEPTH = 4
 
 
-def rough_nbytes(obj: Any, depth: int = _DEPTH, as_is: Callable[[Any], bool] | None = None) -> int:
+def rough_nbytes(
+    obj: Any, depth: int = _DEPTH, known: Callable[[Any], int | None] | None = None
+) -> int:
     """A cheap estimate of how many bytes serializing *obj* will touch.
 
     It looks at no more than ``_SAMPLE`` items per container and ``_DEPTH``
@@ -87,7 +89,9 @@ def rough_nbytes(obj: Any, depth: int = _DEPTH, as_is: Callable[[Any], bool] | N
     operations whatever the message: enough to tell a ``{"op": ...}`` dict from
     a message carrying megabytes, which is all the offload decision needs.
     Wrappers such as ``Serialize``/``ToPickle`` are looked through via ``.data``,
-    unless ``as_is(wrapper)`` says serializing it touches none of its bytes.
+    unless ``known(wrapper)`` gives what serializing it costs; items beyond the
+    sample then count as the sample's items do by work or by size, whichever
+    is more (what was not looked at is not assumed cheap).
     """
     if isinstance(obj, (str, bytes, bytearray)):
         return len(obj)
@@ -101,25 +105,42 @@ def rough_nbytes(obj: Any, depth: int = _DEPTH, as_is: Callable[[Any], bool] | N
         return sys.getsizeof(obj)
     if isinstance(obj, dict):
         items = list(islice(obj.items(), _SAMPLE))
-        sampled = 0
-        for key, value in items:
-            # Strings and numbers inline: a small message of them is the hot path.
-            sampled += len(key) if type(key) is str else rough_nbytes(key, depth - 1, as_is)
-            kind = type(value)
-            if kind is str or kind is bytes:
-                sampled += len(value)
-            elif kind is int or kind is float:
-                sampled += 8
-            else:
-                sampled += rough_nbytes(value, depth - 1, as_is)
+        sampled = sum(_item_nbytes(key, value, depth, known) for key, value in items)
+        if known is not None and len(obj) > len(items):
+            sized = sum(_item_nbytes(key, value, depth, None) for key, value in items)
+            return _extrapolated(sampled, sized, len(items), len(obj))
         return sampled * len(obj) // max(len(items), 1)
     if isinstance(obj, (list, tuple, set, frozenset)):
         items = obj if len(obj) <= _SAMPLE else list(islice(obj, _SAMPLE))
-        sampled = sum(rough_nbytes(item, depth - 1, as_is) for item in items)
+        sampled = sum(rough_nbytes(item, depth - 1, known) for item in items)
+        if known is not None and len(obj) > len(items):
+            sized = sum(rough_nbytes(item, depth - 1) for item in items)
+            return _extrapolated(sampled, sized, len(items), len(obj))
         return sampled * len(obj) // max(len(items), 1)
-    if as_is is not None and as_is(obj):
-        return 0
+    work = known(obj) if known is not None else None
+    if work is not None:
+        return work
     inner = getattr(obj, "data", None)
     if inner is not None:
-        return rough_nbytes(inner, depth - 1, as_is)
+        return rough_nbytes(inner, depth - 1, known)
     return sys.getsizeof(obj)
+
+
+def _extrapolated(work: int, size: int, sampled: int, count: int) -> int:
+    """*work* of the first *sampled* of *count* items, plus the rest at the
+    sample's work or size per item, whichever is more."""
+    return work + max(work, size) * (count - sampled) // sampled
+
+
+def _item_nbytes(
+    key: Any, value: Any, depth: int, known: Callable[[Any], int | None] | None
+) -> int:
+    """:func:`rough_nbytes` of one dict item; strings and numbers inline, for
+    a small message of them is the hot path."""
+    size = len(key) if type(key) is str else rough_nbytes(key, depth - 1, known)
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return size + len(value)
+    if kind is int or kind is float:
+        return size + 8
+    return size + rough_nbytes(value, depth - 1, known)

@@ -159,12 +159,12 @@ def _current_settings() -> _Settings:
     return _settings
 
 
-def _frames_size(msg_frames: list) -> int:
+def _frames_size(msg_frames: list, limit: int) -> int:
     """Decoding work as judged for a codec that cannot tell: every byte."""
     return sum(map(frames.nbytes, msg_frames))
 
 
-def _message_size(msg: Any, context: dict) -> int:
+def _message_size(msg: Any, **dumps_args: Any) -> int:
     """Encoding work as judged for a codec that cannot tell: the message's size."""
     return rough_nbytes(msg)
 
@@ -253,7 +253,7 @@ class CodecComm(Comm):
             self.allow_offload
             and self.deserialize
             and size > threshold > 0
-            and self._loads_work(msg_frames) > threshold
+            and self._loads_work(msg_frames, threshold) > threshold
         ):
             return await offload(
                 functools.partial(
@@ -291,11 +291,7 @@ class CodecComm(Comm):
                 return [body]
         dumps_args = self._dumps_args(serializers, on_error)
         threshold = self._offload_threshold
-        if (
-            self.allow_offload
-            and threshold > 0
-            and self._dumps_work(msg, dumps_args["context"]) > threshold
-        ):
+        if self.allow_offload and threshold > 0 and self._dumps_work(msg, **dumps_args) > threshold:
             return await offload(functools.partial(self._dumps, msg, **dumps_args))
         return self._dumps(msg, **dumps_args)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import importlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from ..frames import Limits, nbytes
 from . import pickle
 from .compression import decompress, maybe_compress, resolve
 from .serialize import (
+    OBJECT_WORK,
     UNPACK_OPTIONS,
     Pickled,
     Serialize,
@@ -35,8 +36,8 @@ from .serialize import (
     ToPickle,
     builds_in_place,
     merge_and_deserialize,
-    sent_as_is,
     serialize_and_split,
+    serializing_work,
 )
 
 logger = logging.getLogger(__name__)
@@ -245,26 +246,32 @@ def dumps(
     )
 
 
-def dumps_work(msg: Any, context: dict | None = None) -> int:
-    """A cheap estimate of how many bytes :func:`dumps` reads or copies for *msg*.
+def dumps_work(msg: Any, **dumps_args: Any) -> int:
+    """A cheap estimate of how many bytes :func:`dumps` (same arguments)
+    reads or copies for *msg*.
 
-    :func:`~distributed_comm.codec.rough_nbytes`, except that payloads the
-    dask family sends as their own memory (contiguous arrays, bytes; see
-    :func:`~.serialize.sent_as_is`) count nothing, unless the peer agreed to
-    compression (``context["compression"]``): then any large frame may be
-    compressed. A comm moves ``dumps`` to its offload thread by this.
+    :func:`~distributed_comm.codec.rough_nbytes`, except that a payload the
+    dask family sends as its own memory (a contiguous array, bytes) counts
+    :data:`~.serialize.OBJECT_WORK` however large it is; not so when another
+    family comes first in ``serializers``, or the peer agreed to compression
+    (``context["compression"]``: any large frame may be compressed). A comm
+    moves ``dumps`` to its offload thread by this.
     """
-    if context and context.get("compression"):
+    serializers = dumps_args.get("serializers")
+    context = dumps_args.get("context") or {}
+    if context.get("compression") or (serializers is not None and not _dask_first(serializers)):
         return rough_nbytes(msg)
-    return rough_nbytes(msg, as_is=sent_as_is)
+    return rough_nbytes(msg, known=serializing_work)
+
+
+def _dask_first(serializers: Sequence[str]) -> bool:
+    return len(serializers) > 0 and serializers[0] == "dask"
 
 
 # --- loads ---------------------------------------------------------------------------
 
 
 def _sub_frames(frames: Sequence[Any], index: int) -> tuple[dict, list[Any]]:
-    if index >= len(frames):
-        raise ValueError(f"message refers to frame {index} but has only {len(frames)} frames")
     header = _unpackb(frames[index], object_hook=_decode_plain, **UNPACK_OPTIONS)
     if not isinstance(header, dict):
         raise ValueError(f"sub-header at frame {index} is a {type(header).__name__}, not a map")
@@ -277,6 +284,24 @@ def _sub_frames(frames: Sequence[Any], index: int) -> tuple[dict, list[Any]]:
             f"{len(frames) - index - 1} follow"
         )
     return header, list(frames[index + 1 : index + 1 + count])
+
+
+def _out_of_band_objects(
+    frames: Sequence[Any], header_limit: int | None = None
+) -> Iterator[tuple[int, dict, list[Any]]]:
+    """``(index, sub-header, frames)`` of each out-of-band object, in order.
+
+    A writer (ours or distributed's) puts each object's sub-header right
+    after the frames of the one before, from frame 1 on: ``ValueError`` where
+    the frames do not chain up so, or a sub-header is over *header_limit* bytes.
+    """
+    index = 1
+    while index < len(frames):
+        if header_limit is not None and nbytes(frames[index]) > header_limit:
+            raise ValueError(f"sub-header at frame {index} is over {header_limit} bytes")
+        header, sub_frames = _sub_frames(frames, index)
+        yield index, header, sub_frames
+        index += 1 + len(sub_frames)
 
 
 #: What :func:`loads` raises on input it cannot or will not decode.
@@ -318,33 +343,30 @@ def loads(
 _HEADER_READ_LIMIT = 2**16
 
 
-def loads_work(frames: Sequence[Any]) -> int:
-    """How many bytes :func:`loads` reads or copies to decode *frames*.
+def loads_work(frames: Sequence[Any], limit: int | None = None) -> int:
+    """How many bytes :func:`loads` reads or copies to decode *frames*, or
+    some number over *limit* as soon as that is clear.
 
-    That is every byte except those of frames a deserializer adopts as they
-    are (see :func:`~.serialize.builds_in_place`): a numpy array or ``bytes``
-    payload received into its own buffer costs nothing however large it is.
-    A comm moves a message to its offload thread by this, not by size, since
-    the hop costs more than building an array over a buffer. It reads only
-    the small sub-headers; frames it cannot make sense of all count (``loads``
-    will say what is wrong with them).
+    Every byte counts but those of frames a deserializer adopts as they are
+    (see :func:`~.serialize.builds_in_place`: a numpy array or ``bytes``
+    payload received into its own buffer), and each out-of-band object adds
+    :data:`~.serialize.OBJECT_WORK`. A comm moves a message to its offload
+    thread by this, not by size, since the hop costs more than building an
+    array over a buffer. It reads only the sub-headers (small ones: a large
+    one is an in-band pickle); if it cannot read them, every byte counts
+    (``loads`` will say what is wrong).
     """
     work = nbytes(frames[0]) if frames else 0
-    index = 1
     try:
-        while index < len(frames):
-            if nbytes(frames[index]) > _HEADER_READ_LIMIT:
-                break  # an in-band pickle: count it all
-            header, sub_frames = _sub_frames(frames, index)
-            work += nbytes(frames[index])
+        for _, header, sub_frames in _out_of_band_objects(frames, _HEADER_READ_LIMIT):
+            work += OBJECT_WORK
             if not builds_in_place(header, sub_frames):
                 work += sum(map(nbytes, sub_frames))
-            index += 1 + len(sub_frames)
-        else:
-            return work
-    except Exception:  # noqa: BLE001 - malformed: saying how is loads' job; count it all
-        pass
-    return sum(map(nbytes, frames))
+            if limit is not None and work > limit:
+                break
+    except Exception:  # noqa: BLE001 - malformed: saying how is loads' job
+        return max(work, sum(map(nbytes, frames)))
+    return work
 
 
 def loads_untrusted(
@@ -368,10 +390,17 @@ def _loads_out_of_band(
     if not frames:
         raise ValueError("a message has at least one frame; got none")
 
+    objects = {index: (header, sub) for index, header, sub in _out_of_band_objects(frames)}
+
+    def out_of_band(index: int) -> tuple[dict, list[Any]]:
+        if index not in objects:
+            raise ValueError(f"message refers to frame {index}, which holds no sub-header")
+        return objects[index]
+
     def decode(obj: dict) -> Any:
         index = obj.get("__Serialized__", 0)
         if index > 0:
-            header, sub_frames = _sub_frames(frames, index)
+            header, sub_frames = out_of_band(index)
             if not deserialize:  # the caller keeps these frames
                 return Serialized(header, [kept_view(frame) for frame in sub_frames])
             if "compression" in header:
@@ -381,7 +410,7 @@ def _loads_out_of_band(
             return merge_and_deserialize(header, sub_frames, deserializers)
         index = obj.get("__Pickled__", 0)
         if index > 0:
-            header, sub_frames = _sub_frames(frames, index)
+            header, sub_frames = out_of_band(index)
             if "compression" in header:
                 sub_frames = decompress(
                     header["compression"], sub_frames, _setting("max-message-size")
