@@ -252,7 +252,8 @@ class CodecComm(Comm):
         if (
             self.allow_offload
             and self.deserialize
-            and size > threshold > 0
+            and threshold > 0
+            and (size > threshold or len(msg_frames) > 1)  # one frame: its size is the work
             and self._loads_work(msg_frames, threshold) > threshold
         ):
             return await offload(

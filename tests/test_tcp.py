@@ -574,6 +574,11 @@ OFFLOAD_CASES = {
     "array copied to serialize": (_strided, ["dumps_with_hooks"], []),
     "object array, pickled": (_objects, ["dumps_with_hooks"], ["loads"]),
     "pickled by fallback": (lambda size: [np.zeros(size, "u1")], ["dumps_with_hooks"], ["loads"]),
+    "1000 small arrays": (
+        lambda size: {i: to_serialize(np.ones(4)) for i in range(1000)},
+        ["dumps_with_hooks"],
+        ["loads"],
+    ),
 }
 
 

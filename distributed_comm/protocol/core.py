@@ -344,8 +344,8 @@ _HEADER_READ_LIMIT = 2**16
 
 
 def loads_work(frames: Sequence[Any], limit: int | None = None) -> int:
-    """How many bytes :func:`loads` reads or copies to decode *frames*, or
-    some number over *limit* as soon as that is clear.
+    """How many bytes :func:`loads` reads or copies to decode *frames*; given
+    a *limit*, a number on the same side of it, found as cheaply as possible.
 
     Every byte counts but those of frames a deserializer adopts as they are
     (see :func:`~.serialize.builds_in_place`: a numpy array or ``bytes``
@@ -356,6 +356,10 @@ def loads_work(frames: Sequence[Any], limit: int | None = None) -> int:
     one is an in-band pickle); if it cannot read them, every byte counts
     (``loads`` will say what is wrong).
     """
+    size = sum(map(nbytes, frames))
+    most = size + OBJECT_WORK * max(len(frames) - 1, 0)  # all read, each frame an object
+    if limit is not None and most <= limit:
+        return most  # under the limit whatever the frames hold: nothing to read
     work = nbytes(frames[0]) if frames else 0
     try:
         for _, header, sub_frames in _out_of_band_objects(frames, _HEADER_READ_LIMIT):
@@ -365,7 +369,7 @@ def loads_work(frames: Sequence[Any], limit: int | None = None) -> int:
             if limit is not None and work > limit:
                 break
     except Exception:  # noqa: BLE001 - malformed: saying how is loads' job
-        return max(work, sum(map(nbytes, frames)))
+        return max(work, size)
     return work
 
 
