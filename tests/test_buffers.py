@@ -22,9 +22,9 @@ def address(buffer) -> int:
     return numpy.frombuffer(buffer, "u1").ctypes.data
 
 
-def received(msg, shard: int = 2**30) -> list[memoryview]:
-    """The frames a reader gets for *msg* off the byte stream."""
-    parts, _ = frames.encode(protocol.dumps(msg, frame_split_size=shard))
+def received(msg, shard: int = 2**30, dumps=protocol.dumps) -> list[memoryview]:
+    """The frames a reader gets for *msg* (written by *dumps*) off the byte stream."""
+    parts, _ = frames.encode(dumps(msg, frame_split_size=shard))
     decoder = Decoder(Limits(max_frames=100, max_message_size=2**30))
     for part in parts:
         decoder.feed(part)

@@ -192,3 +192,25 @@ def test_a_peers_type_name_imports_nothing():
         "assert 'numpy' not in sys.modules, 'numpy was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_messages_from_stock_distributed_are_judged_alike():
+    """What a stock distributed worker sends us (its own dumps, received off
+    the byte stream; no compression, as between comms on one host) stays on
+    the loop where ours would, and its pickles do not."""
+    theirs = pytest.importorskip("distributed.protocol")
+
+    def their_dumps(msg, **kwargs):
+        return theirs.dumps(msg, context={"compression": None}, **kwargs)
+
+    array, data = numpy.ones(SIZE, "u1"), b"x" * SIZE
+    msg = {
+        "op": "get_data",
+        "data": {"a": theirs.to_serialize(array), "b": theirs.to_serialize(data)},
+    }
+    frames = received(msg, shard=MiB, dumps=their_dumps)
+    assert loads_work(frames) < 2 * CHEAP
+    assert (protocol.loads(frames)["data"]["a"] == 1).all()
+    for walked in ({"x": theirs.to_serialize(bytearray(SIZE))}, {"x": [array]}):
+        frames = received(walked, dumps=their_dumps)
+        assert loads_work(frames) > total(frames) > SIZE
