@@ -208,9 +208,11 @@ def test_messages_from_stock_distributed_are_judged_alike():
         "op": "get_data",
         "data": {"a": theirs.to_serialize(array), "b": theirs.to_serialize(data)},
     }
-    frames = received(msg, shard=MiB, dumps=their_dumps)
+    frames = received(msg, dumps=their_dumps)
     assert loads_work(frames) < 2 * CHEAP
     assert (protocol.loads(frames)["data"]["a"] == 1).all()
+    frames = received({"x": theirs.to_serialize(array)}, shard=MiB, dumps=their_dumps)
+    assert len(frames) == 6 and loads_work(frames) < CHEAP
     for walked in ({"x": theirs.to_serialize(bytearray(SIZE))}, {"x": [array]}):
         frames = received(walked, dumps=their_dumps)
         assert loads_work(frames) > total(frames) > SIZE
