@@ -143,7 +143,7 @@ class SocketStream:
             self._loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
-        if self._closed:
+        if self._closed or not self._reading:  # (a TLS catch-up call after the queue filled)
             return
         decoder, recv_into, tls = self._decoder, self.socket.recv_into, self._tls
         queued = len(self._messages)
@@ -156,6 +156,11 @@ class SocketStream:
                     raise StreamClosedError()
                 decoder.received(count)
                 budget -= count
+                if self._queue_full():
+                    # Not even the next message's prelude: its large frames
+                    # would get fresh memory while the reader still holds the
+                    # last ones; once it has taken them, it can reuse theirs.
+                    break
                 # Small messages: a short read means the kernel has nothing
                 # more, and asking again would only fail. Inside a large frame
                 # (or over TLS, one 16 KiB record per call) more keeps coming
@@ -167,8 +172,15 @@ class SocketStream:
         except Exception as exc:  # noqa: BLE001 - whatever broke, this stream cannot go on
             self._fail(exc)
             return
-        self._read_on_if_tls_holds_bytes()
         self._arrived(queued)
+        self._read_on_if_tls_holds_bytes()
+
+    def _queue_full(self) -> bool:
+        """Whether the complete messages waiting for the reader reached the read-ahead limits."""
+        return (
+            len(self._messages) >= _MAX_QUEUED_MESSAGES
+            or self._decoder.queued_bytes >= _MAX_QUEUED_BYTES
+        )
 
     def _arrived(self, queued: int) -> None:
         """The messages after the first *queued* just arrived: count them
@@ -176,7 +188,7 @@ class SocketStream:
         count = len(self._messages)
         if count == queued:
             return
-        if count >= _MAX_QUEUED_MESSAGES or self._decoder.queued_bytes >= _MAX_QUEUED_BYTES:
+        if self._queue_full():
             self._reading = False
             self._loop.remove_reader(self._fd)
         reader = self._reader

@@ -77,6 +77,25 @@ async def test_a_slow_reader_stops_the_read_ahead(monkeypatch):
     assert got == list(range(500))  # reading resumes the read-ahead; nothing lost
 
 
+async def test_no_fresh_memory_for_the_next_message_while_the_queue_is_full(monkeypatch):
+    """A queue at its byte limit stops the receive at once: the next message's
+    large frames get no buffer (fresh memory) until the reader takes the last one."""
+    monkeypatch.setattr(stream, "_MAX_QUEUED_BYTES", 2**20)
+    a, b = tcp_pair()
+    sender, receiver = SocketStream(a, LIMITS), SocketStream(b, LIMITS)
+    payloads = [bytes([n]) * 2**21 for n in range(3)]
+    for payload in payloads:
+        sender.write(message(b"h", payload))
+    for payload in payloads:
+        while not receiver._messages:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # time to read on, if it would
+        assert len(receiver._messages) == 1 and not receiver._decoder.in_frame
+        got, _ = await receiver.read_message()
+        assert bytes(got[1]) == payload
+    await sender.drain()
+
+
 async def test_a_peer_breaking_the_framing_is_a_value_error():
     a, b = tcp_pair()
     receiver = SocketStream(b, LIMITS)
