@@ -58,6 +58,10 @@ _INET = (socket.AF_INET, socket.AF_INET6)
 _TORNADO_LOGS = (ssl.SSL_ERROR_SSL, ssl.SSL_ERROR_SYSCALL)
 _tornado_log = logging.getLogger("tornado.general")
 _KEEPALIVE_PROBES = 10
+#: What a unix socket may have in flight (the kernel doubles it, capped by
+#: ``net.core.wmem_max``). The default, about 200 KiB, makes a large message
+#: cost a wake-up of each side per 200 KiB; TCP on loopback grows to 4 MiB by itself.
+_UNIX_SEND_BUFFER = 2**21
 
 _offload_executor: ThreadPoolExecutor | None = None
 
@@ -318,6 +322,8 @@ class TCP(CodecComm):
         if sock.family in _INET:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             set_tcp_timeout(sock, _current_settings().tcp_timeout)
+        elif sock.family == getattr(socket, "AF_UNIX", None):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _UNIX_SEND_BUFFER)
         self.stream = SocketStream(sock, self._limits, buffered)
         self._finalizer = weakref.finalize(self, _close_dangling, self.stream, repr(self))
         self._finalizer.atexit = False

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import distributed_comm as dc
-from distributed_comm import unix
+from distributed_comm import tcp, unix
 from distributed_comm.protocol import to_serialize
 
 
@@ -194,3 +194,21 @@ async def test_comm_addresses_and_large_array(tmp_path):
         np.testing.assert_array_equal(got, array)
         assert got.flags.writeable
         await client.close()
+
+
+async def test_both_ends_may_have_more_in_flight_than_the_default(tmp_path):
+    """A large message over the default send buffer (~200 KiB) wakes each side
+    every 200 KiB; both ends get what a socket asking for _UNIX_SEND_BUFFER gets."""
+    with socket.socket(socket.AF_UNIX) as reference:
+        default = reference.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        reference.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, tcp._UNIX_SEND_BUFFER)
+        granted = reference.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    accepted: asyncio.Queue = asyncio.Queue()
+    async with dc.listen(f"unix://{tmp_path / 'buf.sock'}", accepted.put) as listener:
+        client = await dc.connect(listener.contact_address)
+        server = await asyncio.wait_for(accepted.get(), 5)
+        for comm in (client, server):
+            assert comm.stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == granted
+        assert granted >= default
+        await client.close()
+        await server.close()
