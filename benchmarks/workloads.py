@@ -144,6 +144,7 @@ def serve(api: CommAPI):
                     await comm.write(msg)
                 elif msg["ack"]:
                     await comm.write(ACK)
+                del msg  # dropped before the next read, as the baselines drop theirs
         except api.comm.CommClosedError:
             pass
 

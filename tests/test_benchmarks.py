@@ -3,14 +3,23 @@ produces every workload for every implementation and transport, with sane number
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
+import numpy
 import pytest
 
-from benchmarks.workloads import burst_throughput, next_burst
+from benchmarks.workloads import (
+    ACK,
+    CommAPI,
+    burst_throughput,
+    next_burst,
+    start_listener,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {"roundtrip", "concurrent", "connect", "throughput", "rss_sender", "rss_receiver"}
@@ -127,3 +136,20 @@ def test_burst_throughput_reports_the_acknowledged_burst():
 
     assert burst_throughput(burst, 1024, 0.1) == pytest.approx(1024 * 1000)
     assert bursts[-1] >= 50 and len(bursts) <= 3
+
+
+async def test_the_comm_server_drops_each_message_before_waiting_for_the_next():
+    """As the raw and pyzmq servers do: holding the last message while the next
+    arrives would make every large message need a second fresh buffer."""
+    api = CommAPI.load("ours")
+    listener = await start_listener(api, "inproc://", {})
+    comm = await api.comm.connect(listener.contact_address)
+    payload = numpy.ones(10)  # inproc hands the very object over
+    dropped = weakref.ref(payload)
+    await comm.write({"op": "data", "ack": True, "payload": payload})
+    del payload
+    assert await comm.read() == ACK
+    await asyncio.sleep(0.05)  # the server is back waiting for a message
+    assert dropped() is None
+    await comm.close()
+    listener.stop()
