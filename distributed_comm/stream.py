@@ -129,7 +129,7 @@ class SocketStream:
             finally:
                 self._reader = None
         frames_, size = self._decoder.pop()
-        if not self._reading and not self._closed:
+        if not self._reading and not self._closed and not self._queue_full():
             self._reading = True  # caught up: read ahead again
             self._loop.add_reader(self._fd, self._on_readable)
             self._read_on_if_tls_holds_bytes()
@@ -183,14 +183,13 @@ class SocketStream:
         )
 
     def _arrived(self, queued: int) -> None:
-        """The messages after the first *queued* just arrived: count them
-        against the read-ahead limits and wake the waiting reader."""
-        count = len(self._messages)
-        if count == queued:
-            return
-        if self._queue_full():
+        """The messages after the first *queued* just arrived: stop reading
+        if the queue is at its limits, and wake the waiting reader."""
+        if self._reading and self._queue_full():
             self._reading = False
             self._loop.remove_reader(self._fd)
+        if len(self._messages) == queued:
+            return
         reader = self._reader
         if reader is not None and not reader.done():
             reader.set_result(None)

@@ -96,6 +96,27 @@ async def test_no_fresh_memory_for_the_next_message_while_the_queue_is_full(monk
     await sender.drain()
 
 
+async def test_reading_does_not_resume_while_the_queue_is_still_full(monkeypatch):
+    """Taking a small message off a queue a large one keeps full must not
+    resume the receive (it would read ahead past the limit, a piece per event)."""
+    monkeypatch.setattr(stream, "_MAX_QUEUED_BYTES", 2**20)
+    a, b = tcp_pair()
+    sender, receiver = SocketStream(a, LIMITS), SocketStream(b, LIMITS)
+    large = [bytes([n]) * 2**21 for n in range(2)]
+    for msg_frames in ([b"small"], [b"h", large[0]], [b"h", large[1]]):
+        sender.write(message(*msg_frames))
+    while len(receiver._messages) < 2:
+        await asyncio.sleep(0.01)
+    got, _ = await receiver.read_message()
+    assert bytes(got[0]) == b"small"
+    await asyncio.sleep(0.05)  # time to read on, if it would
+    assert len(receiver._messages) == 1 and not receiver._decoder.in_frame
+    for payload in large:
+        got, _ = await asyncio.wait_for(receiver.read_message(), 5)
+        assert bytes(got[1]) == payload
+    await sender.drain()
+
+
 async def test_a_peer_breaking_the_framing_is_a_value_error():
     a, b = tcp_pair()
     receiver = SocketStream(b, LIMITS)
