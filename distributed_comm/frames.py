@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import sys
 from collections import deque
 from collections.abc import Sequence
 
@@ -308,13 +309,26 @@ class Decoder:
     own and :meth:`buffer` points straight into them, so a payload is never
     copied. Counts and sizes are checked against the limits before anything
     is allocated for them; a stream that breaks them raises ``ValueError``.
+
+    Once the complete messages waiting reach *max_queued_messages* or
+    *max_queued_bytes* (:attr:`full`), received bytes are kept but not parsed,
+    so nothing is allocated for the next message until :meth:`pop` and
+    :meth:`resume` make room: a reader holding the last messages is not made
+    to hold fresh memory for the next ones too.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        max_queued_messages: int = sys.maxsize,
+        max_queued_bytes: int = sys.maxsize,
+    ) -> None:
         self.limits = limits
         self.messages: deque[tuple[list[memoryview], int]] = deque()
         #: The sizes of :attr:`messages` added up (take messages with :meth:`pop`).
         self.queued_bytes = 0
+        self._max_queued_messages = max_queued_messages
+        self._max_queued_bytes = max_queued_bytes
         #: The largest head a one-frame message may have to be taken by the
         #: fast path of :meth:`_parse` (it needs no other limit check).
         self._single_frame_head_max = (
@@ -349,6 +363,19 @@ class Decoder:
         message = self.messages.popleft()
         self.queued_bytes -= message[1]
         return message
+
+    @property
+    def full(self) -> bool:
+        """Whether the waiting messages reached the queue limits (parsing waits)."""
+        return (
+            len(self.messages) >= self._max_queued_messages
+            or self.queued_bytes >= self._max_queued_bytes
+        )
+
+    def resume(self) -> None:
+        """Parse what was received while the queue was full (call after :meth:`pop`)."""
+        if not self._targets:
+            self._parse()
 
     def feed(self, data: Buffer) -> None:
         """Take bytes received elsewhere (they are copied)."""
@@ -398,7 +425,7 @@ class Decoder:
 
     def _parse(self) -> None:
         ahead, limits = self._ahead, self.limits
-        while not self._targets:
+        while not self._targets and not self.full:
             start = self._start
             available = self._end - start
             if available >= _SINGLE_FRAME_HEADER.size:

@@ -77,7 +77,7 @@ class SocketStream:
     def __init__(self, sock: socket.socket, limits: frames.Limits, buffered: bytes = b"") -> None:
         sock.setblocking(False)
         self.socket = sock
-        self._decoder = frames.Decoder(limits)
+        self._decoder = frames.Decoder(limits, _MAX_QUEUED_MESSAGES, _MAX_QUEUED_BYTES)
         self._messages = self._decoder.messages
         self._reader: asyncio.Future | None = None
         self._writes: deque[frames.Buffer] = deque()
@@ -129,11 +129,24 @@ class SocketStream:
             finally:
                 self._reader = None
         frames_, size = self._decoder.pop()
-        if not self._reading and not self._closed and not self._queue_full():
-            self._reading = True  # caught up: read ahead again
+        if not self._reading and not self._closed and not self._decoder.full:
+            self._resume()
+        return frames_, size
+
+    def _resume(self) -> None:
+        """The queue has room again: parse what was held back, and read
+        ahead again if that leaves room."""
+        queued = len(self._messages)
+        try:
+            self._decoder.resume()
+        except ValueError as exc:  # what was held back breaks the limits
+            self._fail(exc)
+            return
+        self._arrived(queued)
+        if not self._decoder.full:
+            self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
             self._read_on_if_tls_holds_bytes()
-        return frames_, size
 
     def _read_on_if_tls_holds_bytes(self) -> None:
         """Come back for bytes TLS has decrypted but we have not taken (a read
@@ -156,11 +169,8 @@ class SocketStream:
                     raise StreamClosedError()
                 decoder.received(count)
                 budget -= count
-                if self._queue_full():
-                    # Not even the next message's prelude: its large frames
-                    # would get fresh memory while the reader still holds the
-                    # last ones; once it has taken them, it can reuse theirs.
-                    break
+                if decoder.full:
+                    break  # the decoder parses no more, so receive no more
                 # Small messages: a short read means the kernel has nothing
                 # more, and asking again would only fail. Inside a large frame
                 # (or over TLS, one 16 KiB record per call) more keeps coming
@@ -175,17 +185,10 @@ class SocketStream:
         self._arrived(queued)
         self._read_on_if_tls_holds_bytes()
 
-    def _queue_full(self) -> bool:
-        """Whether the complete messages waiting for the reader reached the read-ahead limits."""
-        return (
-            len(self._messages) >= _MAX_QUEUED_MESSAGES
-            or self._decoder.queued_bytes >= _MAX_QUEUED_BYTES
-        )
-
     def _arrived(self, queued: int) -> None:
         """The messages after the first *queued* just arrived: stop reading
         if the queue is at its limits, and wake the waiting reader."""
-        if self._reading and self._queue_full():
+        if self._reading and self._decoder.full:
             self._reading = False
             self._loop.remove_reader(self._fd)
         if len(self._messages) == queued:

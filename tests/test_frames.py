@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from distributed_comm import config, frames
-from distributed_comm.frames import U64, Decoder, Limits
+from distributed_comm.frames import HEAD_FRAME_MAX, U64, Decoder, Limits
 
 LIMITS = Limits(max_frames=1000, max_message_size=2**30)
 
@@ -313,3 +313,30 @@ def test_an_absurd_frame_length_is_a_clear_error(length):
     decoder = Decoder(Limits(max_frames=10, max_message_size=2**64))
     with pytest.raises(ValueError, match="cannot allocate"):
         decoder.feed(struct.pack("<4Q", 24, 2, 10, length) + b"x" * 10)
+
+
+def test_a_full_queue_holds_the_bytes_back_until_there_is_room():
+    sent = [[b"op", bytes([n]) * 10] for n in range(7)]
+    decoder = Decoder(LIMITS, max_queued_messages=3)
+    decoder.feed(b"".join(stream_bytes(m) for m in sent))  # all seven in one receive
+    got = []
+    while decoder.messages:
+        assert len(decoder.messages) <= 3
+        got.append([bytes(f) for f in decoder.pop()[0]])
+        decoder.resume()
+    assert got == sent and decoder.at_message_boundary()
+
+
+def test_no_buffer_for_the_next_message_while_the_queue_is_full_of_bytes():
+    """A small message that fills the queue, and the next large message's
+    prelude in the same receive: nothing is allocated for that one yet."""
+    big = b"\x07" * (HEAD_FRAME_MAX * 4)
+    decoder = Decoder(LIMITS, max_queued_bytes=1000)
+    decoder.feed(stream_bytes([b"x" * 1000]) + stream_bytes([b"h", big])[:64])
+    assert len(decoder.messages) == 1 and decoder.full
+    assert not decoder.in_frame  # no fresh memory for `big` while the reader holds the queue
+    decoder.pop()
+    decoder.resume()
+    assert decoder.in_frame  # now its buffer exists
+    receive(decoder, stream_bytes([b"h", big])[64:], [])
+    assert bytes(decoder.pop()[0][1]) == big

@@ -72,7 +72,7 @@ async def test_a_slow_reader_stops_the_read_ahead(monkeypatch):
     for n in range(500):
         sender.write(message(b"op", n.to_bytes(2, "little")))
     await asyncio.sleep(0.2)
-    assert len(receiver._messages) <= 10 + frames.READ_AHEAD // 30  # one receive's worth over
+    assert len(receiver._messages) == 10  # not one more, though one receive holds many
     got = [int.from_bytes((await receiver.read_message())[0][1], "little") for _ in range(500)]
     assert got == list(range(500))  # reading resumes the read-ahead; nothing lost
 
