@@ -77,10 +77,10 @@ async def test_a_slow_reader_stops_the_read_ahead(monkeypatch):
     assert got == list(range(500))  # reading resumes the read-ahead; nothing lost
 
 
-async def test_no_fresh_memory_for_the_next_message_while_the_queue_is_full(monkeypatch):
+async def test_no_fresh_memory_for_the_next_message_while_the_queue_is_full():
     """A queue at its byte limit stops the receive at once: the next message's
-    large frames get no buffer (fresh memory) until the reader takes the last one."""
-    monkeypatch.setattr(stream, "_MAX_QUEUED_BYTES", 2**20)
+    large frames get no buffer (fresh memory) until the reader takes the last one.
+    With the default limit, one 2 MiB message fills the queue."""
     a, b = tcp_pair()
     sender, receiver = SocketStream(a, LIMITS), SocketStream(b, LIMITS)
     payloads = [bytes([n]) * 2**21 for n in range(3)]
