@@ -346,8 +346,8 @@ class Decoder:
         """Where the next received bytes go (never empty)."""
         if self._targets:
             return self._targets[0]
-        if self._end == len(self._ahead):
-            self._renew(READ_AHEAD)
+        if self._end == len(self._ahead):  # (all of it unparsed, if the queue is full)
+            self._renew(self._end - self._start + READ_AHEAD)
         return self._ahead[self._end :]
 
     def received(self, count: int) -> None:

@@ -340,3 +340,16 @@ def test_no_buffer_for_the_next_message_while_the_queue_is_full_of_bytes():
     assert decoder.in_frame  # now its buffer exists
     receive(decoder, stream_bytes([b"h", big])[64:], [])
     assert bytes(decoder.pop()[0][1]) == big
+
+
+def test_a_full_queue_keeps_more_bytes_than_the_read_ahead_holds():
+    """Held back past one read-ahead buffer's worth, the bytes must still fit
+    somewhere (the buffer grows): ``feed`` once looped for ever here."""
+    sent = [[n.to_bytes(3, "little")] for n in range(20_000)]  # ~400 KiB
+    decoder = Decoder(LIMITS, max_queued_messages=2)
+    decoder.feed(b"".join(stream_bytes(m) for m in sent))
+    got = []
+    while decoder.messages:
+        got.append([bytes(f) for f in decoder.pop()[0]])
+        decoder.resume()
+    assert got == sent and decoder.at_message_boundary()
