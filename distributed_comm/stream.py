@@ -133,18 +133,24 @@ class SocketStream:
             finally:
                 self._reader = None
         frames_, size = self._decoder.pop()
-        if not self._reading and not self._closed and not self._decoder.full:
+        if not self._reading and not self._decoder.full:
             self._resume()
         return frames_, size
 
     def _resume(self) -> None:
-        """The queue has room again: parse what was held back, and read
+        """The queue has room again: parse what was held back (messages that
+        arrived before the stream closed are still handed out), and read
         ahead again if that leaves room."""
         queued = len(self._messages)
         try:
             self._decoder.resume()
         except ValueError as exc:  # what was held back breaks the limits
-            self._fail(exc)
+            if self._closed:  # the reader hears of it after the messages before it
+                self._error = self._error or exc
+            else:
+                self._fail(exc)
+            return
+        if self._closed:
             return
         self._arrived(queued)
         if not self._decoder.full:

@@ -117,6 +117,28 @@ async def test_reading_does_not_resume_while_the_queue_is_still_full(monkeypatch
     await sender.drain()
 
 
+async def test_messages_held_back_by_a_full_queue_survive_the_stream_closing():
+    """The peer sends more small messages than the queue takes and goes away;
+    our write then fails and closes the stream. What had arrived, queued or
+    held back, is still read, in order, before the error."""
+    a, b = tcp_pair()
+    receiver = SocketStream(b, LIMITS)
+    count = stream._MAX_QUEUED_MESSAGES * 2
+    a.sendall(b"".join(b"".join(message(n.to_bytes(4, "little"))) for n in range(count)))
+    a.close()
+    while len(receiver._messages) < stream._MAX_QUEUED_MESSAGES:
+        await asyncio.sleep(0.01)
+    with pytest.raises(StreamClosedError):
+        for _ in range(50):  # the peer is gone: a write fails soon
+            receiver.write([b"ping"])
+            await asyncio.sleep(0.01)
+    got = []
+    with pytest.raises(StreamClosedError):
+        while True:
+            got.append(int.from_bytes((await receiver.read_message())[0][0], "little"))
+    assert got == list(range(count))
+
+
 async def test_a_peer_breaking_the_framing_is_a_value_error():
     a, b = tcp_pair()
     receiver = SocketStream(b, LIMITS)
