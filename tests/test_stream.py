@@ -139,6 +139,25 @@ async def test_messages_held_back_by_a_full_queue_survive_the_stream_closing():
     assert got == list(range(count))
 
 
+async def test_broken_framing_held_back_by_a_full_queue_comes_after_its_messages():
+    """A bad head behind more messages than the queue takes: every message
+    before it is read, in order, then the ValueError."""
+    a, b = tcp_pair()
+    receiver = SocketStream(b, LIMITS)
+    count = stream._MAX_QUEUED_MESSAGES * 2
+    a.sendall(
+        b"".join(b"".join(message(n.to_bytes(4, "little"))) for n in range(count))
+        + frames.U64.pack(2**62)
+    )
+    got = []
+    with pytest.raises(ValueError, match="outside"):
+        while True:
+            msg_frames, _ = await asyncio.wait_for(receiver.read_message(), 5)
+            got.append(int.from_bytes(msg_frames[0], "little"))
+    assert got == list(range(count))
+    a.close()
+
+
 async def test_a_peer_breaking_the_framing_is_a_value_error():
     a, b = tcp_pair()
     receiver = SocketStream(b, LIMITS)
