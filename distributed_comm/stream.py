@@ -145,10 +145,8 @@ class SocketStream:
         try:
             self._decoder.resume()
         except ValueError as exc:  # what was held back breaks the limits
-            if self._closed:  # the reader hears of it after the messages before it
-                self._error = self._error or exc
-            else:
-                self._fail(exc)
+            self._error = self._error or exc  # heard after the messages before it
+            self.close()
             return
         if self._closed:
             return
